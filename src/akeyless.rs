@@ -1,0 +1,544 @@
+//! The Akeyless API client: JSON over POST to SaaS (`https://api.akeyless.io`) or a Gateway.
+//!
+//! Every call has a timeout and respects the mount's [`Deadline`]; 5xx, 429 and transport
+//! failures are retried with jittered exponential backoff; 401 and 404 are classified for the
+//! caller (who may log in again) and never retried here. Error texts from the server are
+//! shortened, stripped of control characters and scrubbed of the credentials we sent, because
+//! they end up in pod events.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::secret::{SecretBytes, SecretString};
+
+/// The point in time by which a mount must have answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Self(Instant::now() + budget)
+    }
+
+    pub fn at(instant: Instant) -> Self {
+        Self(instant)
+    }
+
+    pub fn instant(self) -> Instant {
+        self.0
+    }
+
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    pub fn is_past(self) -> bool {
+        self.remaining().is_zero()
+    }
+}
+
+/// Tuning of the HTTP client, set once from flags.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Upper bound of one HTTP exchange.
+    pub call_timeout: Duration,
+    /// Attempts per call for retryable failures (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub initial_backoff: Duration,
+    /// Responses larger than this are refused rather than buffered.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_response_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Why an Akeyless call failed, classified by what the caller should do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// 401: bad credentials, an expired token, or no permission (Akeyless does not tell which).
+    #[error("HTTP 401 from {command}: {message}")]
+    Unauthorized { command: String, message: String },
+    /// 404: the item does not exist (and the caller may know that).
+    #[error("HTTP 404 from {command}: {message}")]
+    NotFound { command: String, message: String },
+    /// Another 4xx: the request itself is wrong; retrying will not help.
+    #[error("HTTP {status} from {command}: {message}")]
+    Rejected {
+        command: String,
+        status: u16,
+        message: String,
+    },
+    /// 5xx, 429 or a transport failure that outlasted the retries.
+    #[error("{command} failed after {attempts} attempt(s): {reason}")]
+    Unavailable {
+        command: String,
+        attempts: u32,
+        reason: String,
+    },
+    /// The mount's deadline passed before an answer came.
+    #[error("{command} did not answer before the mount's deadline")]
+    DeadlineExceeded { command: String },
+    /// A 200 whose body is not what the API documents.
+    #[error("unexpected response from {command}: {reason}")]
+    InvalidResponse { command: String, reason: String },
+}
+
+/// A credential for data calls: a `t-` token from `/auth` or a Universal Identity `u-` token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiToken {
+    Token(SecretString),
+    UidToken(SecretString),
+}
+
+impl ApiToken {
+    fn secret(&self) -> &SecretString {
+        match self {
+            Self::Token(t) | Self::UidToken(t) => t,
+        }
+    }
+}
+
+/// The credentials of one `/auth` call; which fields are set depends on `access-type`
+/// (akeyless-api.md §1.3).
+#[derive(Debug, Default)]
+pub struct AuthRequest {
+    pub access_type: String,
+    pub access_id: String,
+    pub access_key: Option<SecretString>,
+}
+
+/// What `/auth` answers; `expiration` only on current API versions.
+#[derive(Debug, Deserialize)]
+pub struct AuthResponse {
+    pub token: SecretString,
+    #[serde(default)]
+    pub expiration: Option<String>,
+}
+
+/// One value to read: an item at its latest or a pinned version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemRef {
+    pub name: String,
+    pub version: Option<u32>,
+}
+
+/// A client for any number of Akeyless URLs, sharing one connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    options: ClientOptions,
+}
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.call_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Never follow a redirect: it would carry the credential in the body elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(false)
+            .build()?;
+        Ok(Self { http, options })
+    }
+
+    /// `POST /auth`: exchanges a credential for a temporary token.
+    pub async fn auth(
+        &self,
+        base: &Url,
+        request: &AuthRequest,
+        deadline: Deadline,
+    ) -> Result<AuthResponse, ApiError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "access-type")]
+            access_type: &'a str,
+            #[serde(rename = "access-id")]
+            access_id: &'a str,
+            #[serde(rename = "access-key", skip_serializing_if = "Option::is_none")]
+            access_key: Option<&'a str>,
+        }
+        let body = Body {
+            access_type: &request.access_type,
+            access_id: &request.access_id,
+            access_key: request.access_key.as_ref().map(SecretString::expose),
+        };
+        let scrub: Vec<&str> = request.access_key.iter().map(|k| k.expose()).collect();
+        self.call(base, "auth", &body, &scrub, deadline).await
+    }
+
+    /// `POST /get-secret-value`: reads many static secrets at one version in one call.
+    ///
+    /// Values that are not JSON strings are returned as their JSON text.
+    pub async fn get_secret_values(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        names: &[String],
+        version: Option<u32>,
+        deadline: Deadline,
+    ) -> Result<BTreeMap<String, SecretBytes>, ApiError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            names: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            version: Option<u32>,
+            #[serde(rename = "ignore-cache")]
+            ignore_cache: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            token: Option<&'a str>,
+            #[serde(rename = "uid-token", skip_serializing_if = "Option::is_none")]
+            uid_token: Option<&'a str>,
+        }
+        let body = Body {
+            names,
+            version,
+            ignore_cache: "false",
+            token: match token {
+                ApiToken::Token(t) => Some(t.expose()),
+                ApiToken::UidToken(_) => None,
+            },
+            uid_token: match token {
+                ApiToken::UidToken(t) => Some(t.expose()),
+                ApiToken::Token(_) => None,
+            },
+        };
+        let command = "get-secret-value";
+        let mut values: serde_json::Map<String, serde_json::Value> = self
+            .call(base, command, &body, &[token.secret().expose()], deadline)
+            .await?;
+        let mut out = BTreeMap::new();
+        for name in names {
+            let value = values.remove(name).ok_or_else(|| ApiError::InvalidResponse {
+                command: command.to_owned(),
+                reason: format!("the response has no value for {name}"),
+            })?;
+            let bytes = match value {
+                serde_json::Value::String(s) => s.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            out.insert(name.clone(), SecretBytes::new(bytes));
+        }
+        Ok(out)
+    }
+
+    /// One API command with retries for transient failures.
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &Url,
+        command: &str,
+        body: &B,
+        scrub: &[&str],
+        deadline: Deadline,
+    ) -> Result<R, ApiError> {
+        let url = command_url(base, command);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.call_once(&url, command, body, scrub, deadline).await {
+                Ok(bytes) => {
+                    return serde_json::from_slice(&bytes).map_err(|e| {
+                        ApiError::InvalidResponse {
+                            command: command.to_owned(),
+                            reason: format!("not the documented JSON ({})", e.classify_text()),
+                        }
+                    });
+                }
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Retryable { reason, retry_after }) => (reason, retry_after),
+            };
+            let (reason, retry_after) = failure;
+            if attempt >= self.options.max_attempts.max(1) {
+                return Err(ApiError::Unavailable {
+                    command: command.to_owned(),
+                    attempts: attempt,
+                    reason,
+                });
+            }
+            let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            if wait >= deadline.remaining() {
+                // Waiting would outlast the mount: report the real cause now.
+                return Err(ApiError::Unavailable {
+                    command: command.to_owned(),
+                    attempts: attempt,
+                    reason,
+                });
+            }
+            tracing::debug!(command, attempt, wait_ms = wait.as_millis() as u64, %reason, "retrying Akeyless call");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Full-jitter exponential backoff: uniform in [0, initial * 2^(attempt-1)].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .options
+            .initial_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(10));
+        let millis = cap.as_millis().min(u64::MAX as u128) as u64;
+        Duration::from_millis(rand::rng().random_range(0..=millis.max(1)))
+    }
+
+    async fn call_once<B: Serialize>(
+        &self,
+        url: &str,
+        command: &str,
+        body: &B,
+        scrub: &[&str],
+        deadline: Deadline,
+    ) -> Result<Vec<u8>, Attempt> {
+        let budget = self.options.call_timeout.min(deadline.remaining());
+        if budget.is_zero() {
+            return Err(Attempt::Final(ApiError::DeadlineExceeded {
+                command: command.to_owned(),
+            }));
+        }
+        let exchange = async {
+            let response = self
+                .http
+                .post(url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| Attempt::Retryable {
+                    reason: transport_reason(&e),
+                    retry_after: None,
+                })?;
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            let bytes = read_body(response, self.options.max_response_bytes, command).await?;
+            Ok::<_, Attempt>((status, retry_after, bytes))
+        };
+        let (status, retry_after, bytes) = match tokio::time::timeout(budget, exchange).await {
+            Ok(result) => result?,
+            Err(_) if deadline.is_past() => {
+                return Err(Attempt::Final(ApiError::DeadlineExceeded {
+                    command: command.to_owned(),
+                }));
+            }
+            Err(_) => {
+                return Err(Attempt::Retryable {
+                    reason: format!("no answer within {}ms", budget.as_millis()),
+                    retry_after: None,
+                });
+            }
+        };
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = server_message(&bytes, scrub);
+        let command = command.to_owned();
+        Err(match status.as_u16() {
+            401 => Attempt::Final(ApiError::Unauthorized { command, message }),
+            404 => Attempt::Final(ApiError::NotFound { command, message }),
+            429 | 500..=599 => Attempt::Retryable {
+                reason: format!("HTTP {}: {message}", status.as_u16()),
+                retry_after,
+            },
+            status => Attempt::Final(ApiError::Rejected {
+                command,
+                status,
+                message,
+            }),
+        })
+    }
+}
+
+/// The outcome of one failed attempt.
+enum Attempt {
+    Final(ApiError),
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// `<base>/<command>`: the base may carry a path (`/api/v2` on Gateways), so no `Url::join`.
+fn command_url(base: &Url, command: &str) -> String {
+    format!("{}/{command}", base.as_str().trim_end_matches('/'))
+}
+
+/// Retry-After in seconds (the HTTP-date form is rare for APIs and ignored), at most a minute.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(60)))
+}
+
+/// Reads a body up to a limit, so a misbehaving server cannot exhaust memory.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    command: &str,
+) -> Result<Vec<u8>, Attempt> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(Attempt::Final(too_large(command, limit)));
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Attempt::Final(too_large(command, limit)));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(Attempt::Retryable {
+                    reason: format!("the response broke off ({})", transport_reason(&e)),
+                    retry_after: None,
+                });
+            }
+        }
+    }
+}
+
+fn too_large(command: &str, limit: usize) -> ApiError {
+    ApiError::InvalidResponse {
+        command: command.to_owned(),
+        reason: format!("the response is larger than {limit} bytes"),
+    }
+}
+
+/// A transport error in words, without the URL (it is named elsewhere) or any body.
+fn transport_reason(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the response body broke off"
+    } else if e.is_request() {
+        "the request failed"
+    } else {
+        "transport error"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = None;
+    while let Some(s) = source {
+        detail = Some(s.to_string());
+        source = s.source();
+    }
+    match detail {
+        Some(d) => format!("{kind}: {}", sanitize(&d, &[])),
+        None => kind.to_owned(),
+    }
+}
+
+/// The `error` field of a JSON error body (or the body's start), made safe for a pod event.
+fn server_message(body: &[u8], scrub: &[&str]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let text = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error,
+        Err(_) if body.is_empty() => return "(empty body)".to_owned(),
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+    };
+    sanitize(&text, scrub)
+}
+
+/// At most 300 characters, no control characters, and none of the credentials we sent.
+fn sanitize(text: &str, scrub: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in scrub.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret, "[redacted]");
+    }
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
+trait ClassifyText {
+    fn classify_text(&self) -> &'static str;
+}
+
+impl ClassifyText for serde_json::Error {
+    /// Names the JSON problem without quoting the body, which may hold values.
+    fn classify_text(&self) -> &'static str {
+        use serde_json::error::Category;
+        match self.classify() {
+            Category::Io => "read error",
+            Category::Syntax => "malformed JSON",
+            Category::Data => "unexpected JSON shape",
+            Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_urls_keep_gateway_paths() {
+        let gw = Url::parse("https://gw:8000/api/v2").unwrap();
+        assert_eq!(command_url(&gw, "auth"), "https://gw:8000/api/v2/auth");
+        let saas = Url::parse("https://api.akeyless.io/").unwrap();
+        assert_eq!(command_url(&saas, "auth"), "https://api.akeyless.io/auth");
+    }
+
+    #[test]
+    fn server_messages_are_scrubbed_and_bounded() {
+        let body = br#"{"error":"bad key s3cr3t-key\nline two"}"#;
+        assert_eq!(
+            server_message(body, &["s3cr3t-key"]),
+            "bad key [redacted] line two"
+        );
+        let long = "x".repeat(1000);
+        assert!(server_message(long.as_bytes(), &[]).chars().count() <= 301);
+        assert_eq!(server_message(b"", &[]), "(empty body)");
+    }
+
+    #[test]
+    fn backoff_stays_within_its_cap() {
+        let client = Client::new(ClientOptions::default()).unwrap();
+        for attempt in 1..20 {
+            assert!(client.backoff(attempt) <= Duration::from_millis(200 * 1024));
+        }
+    }
+
+    #[test]
+    fn debug_output_of_requests_hides_credentials() {
+        let req = AuthRequest {
+            access_type: "access_key".into(),
+            access_id: "p-1".into(),
+            access_key: Some("hunter2".into()),
+        };
+        assert!(!format!("{req:?}").contains("hunter2"));
+        let token = ApiToken::Token("t-abc".into());
+        assert!(!format!("{token:?}").contains("t-abc"));
+    }
+}

@@ -1,0 +1,1353 @@
+//! End-to-end tests of the emulator over real HTTP (reqwest against 127.0.0.1:0).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+const DEMO_ID: &str = "p-demo0000000001";
+const DEMO_KEY: &str = "demo-access-key-not-secret";
+const NARROW_ID: &str = "p-narrow00000001";
+const NARROW_KEY: &str = "narrow-key";
+
+const SEED: &str = r#"
+token_ttl_seconds: 900
+list_page_size: 2
+auth_methods:
+  - access_id: p-demo0000000001
+    access_key: "demo-access-key-not-secret"
+    read: ["/demo/*"]
+  - access_id: p-narrow00000001
+    access_type: access_key
+    access_key: narrow-key
+    read: [/demo/db/password, "/demo/app/*"]
+  - access_id: p-k8s000000001
+    access_type: k8s
+items:
+  - name: /demo/db/password
+    format: password
+    value: "pw-1"
+    tags: [team-a]
+  - name: /demo/db/config
+    format: json
+    value: '{"host":"db.internal","port":5432}'
+    tags: [team-a, json]
+  - name: demo/api/token
+    versions: ["v1", "v2", "v3"]
+    tags: [team-b]
+  - name: /demo/top
+    value: top-level
+  - name: /demo/dyn/db
+    type: dynamic-secret
+  - name: /other/secret
+    value: "elsewhere"
+"#;
+
+async fn emulator() -> EmulatorHandle {
+    start(
+        "127.0.0.1:0".parse().unwrap(),
+        Seed::from_yaml(SEED).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn post(emulator: &EmulatorHandle, command: &str, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}/{command}", emulator.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, body)
+}
+
+async fn login(emulator: &EmulatorHandle, access_id: &str, access_key: &str) -> String {
+    let (status, body) = post(
+        emulator,
+        "auth",
+        json!({"access-type": "access_key", "access-id": access_id, "access-key": access_key}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn error_text(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {body}"))
+}
+
+#[tokio::test]
+async fn auth_issues_tokens() {
+    let emulator = emulator().await;
+    let (status, body) = post(
+        &emulator,
+        "auth",
+        json!({"access-id": DEMO_ID, "access-key": DEMO_KEY, "json": true, "debug": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap();
+    assert!(token.starts_with("t-") && token.len() == 34, "{token}");
+    assert!(token[2..].chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(body["creds"]["token"], token);
+    let expiration = body["expiration"].as_str().unwrap();
+    assert!(
+        expiration.ends_with(" +0000 UTC") && expiration.len() == 29,
+        "{expiration}"
+    );
+    let expiry = body["creds"]["expiry"].as_u64().unwrap();
+    let now = state::now_ms() / 1000;
+    assert!(
+        (now + 890..=now + 910).contains(&expiry),
+        "{expiry} vs {now}"
+    );
+    assert_eq!(go_time_secs(expiry), expiration);
+    let other = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    assert_ne!(other, token);
+    assert_eq!(emulator.calls("/auth"), 2);
+    assert_eq!(emulator.stats().tokens_issued, 2);
+}
+
+fn go_time_secs(secs: u64) -> String {
+    api::go_time(secs * 1000)
+}
+
+#[tokio::test]
+async fn auth_rejects_bad_credentials() {
+    let emulator = emulator().await;
+    for body in [
+        json!({"access-id": DEMO_ID, "access-key": "wrong"}),
+        json!({"access-id": DEMO_ID}),
+        json!({"access-id": "p-unknown0000001", "access-key": DEMO_KEY}),
+        json!({"access-id": DEMO_ID, "access-key": DEMO_KEY, "access-type": "jwt"}),
+    ] {
+        let (status, reply) = post(&emulator, "auth", body.clone()).await;
+        assert_eq!(status, 401, "{body} -> {reply}");
+        let text = error_text(&reply);
+        assert!(
+            text.contains("Status 401 Unauthorized, Error: UnauthorizedAccess"),
+            "{text}"
+        );
+        assert!(!text.contains(DEMO_KEY));
+    }
+    let (status, reply) = post(&emulator, "auth", json!({"access-key": DEMO_KEY})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error_text(&reply),
+        "invalid request body: Missing required parameter - access-id"
+    );
+    let (status, reply) = post(
+        &emulator,
+        "auth",
+        json!({"access-id": DEMO_ID, "access-key": DEMO_KEY, "access-type": "api_key"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        error_text(&reply).contains("invalid access-type \"api_key\""),
+        "{reply}"
+    );
+    let (status, reply) = post(
+        &emulator,
+        "auth",
+        json!({"access-id": "p-k8s000000001", "access-type": "k8s"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_text(&reply).contains("not implemented"), "{reply}");
+    let (status, _) = post(&emulator, "auth", json!({"access-id": 5})).await;
+    assert_eq!(status, 400);
+    assert_eq!(emulator.calls("auth"), 8);
+    assert_eq!(emulator.stats().tokens_issued, 0);
+}
+
+#[tokio::test]
+async fn get_secret_value_batches_and_records_reads() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/db/password", "/demo/db/config", "demo/api/token"], "token": token, "ignore-cache": "false"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "/demo/db/password": "pw-1",
+            "/demo/db/config": "{\"host\":\"db.internal\",\"port\":5432}",
+            "demo/api/token": "v3",
+        })
+    );
+    assert_eq!(emulator.calls("/get-secret-value"), 1);
+    let stats = emulator.stats();
+    let fingerprint = hex::encode(&Sha256::digest(token.as_bytes())[..4]);
+    assert_eq!(stats.reads.len(), 3);
+    assert_eq!(
+        stats.reads[2],
+        ReadRecord {
+            access_id: DEMO_ID.into(),
+            token_fingerprint: fingerprint,
+            item: "/demo/api/token".into(),
+            version: 3
+        }
+    );
+    assert!(!serde_json::to_string(&stats).unwrap().contains(&token));
+}
+
+#[tokio::test]
+async fn get_secret_value_versions() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    for (version, expected) in [
+        (json!(1), "v1"),
+        (json!(2), "v2"),
+        (json!(0), "v3"),
+        (Value::Null, "v3"),
+    ] {
+        let (status, body) = post(
+            &emulator,
+            "get-secret-value",
+            json!({"names": ["/demo/api/token"], "version": version, "token": token}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["/demo/api/token"], expected);
+    }
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/api/token"], "version": 4, "token": token}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        error_text(&body).contains("failed to obtain item /demo/api/token version 4"),
+        "{body}"
+    );
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/api/token"], "version": "1", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn get_secret_value_errors() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let narrow = login(&emulator, NARROW_ID, NARROW_KEY).await;
+
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/db/password", "/demo/missing/one", "/demo/missing/two"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        error_text(&body),
+        "failed to get secret value: Status 404 Not Found, Error: NotFound. Message: account id: acc-emulator0001, \
+         access id: p-demo0000000001. failed to obtain item /demo/missing/one"
+    );
+    // Forbidden answers 401 whether or not the item exists.
+    for name in ["/other/secret", "/other/missing", "/demo/db/config"] {
+        let (status, body) = post(
+            &emulator,
+            "get-secret-value",
+            json!({"names": [name], "token": narrow}),
+        )
+        .await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert!(
+            error_text(&body).contains("Error: UnauthorizedAccess"),
+            "{body}"
+        );
+        assert!(
+            error_text(&body).contains("unauthorized access for access id p-narrow00000001"),
+            "{body}"
+        );
+    }
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/db/password"], "token": narrow}),
+    )
+    .await;
+    assert_eq!((status, &body["/demo/db/password"]), (200, &json!("pw-1")));
+
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": [], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error_text(&body),
+        "invalid request body: Missing required parameter - names"
+    );
+    let (status, _) = post(&emulator, "get-secret-value", json!({"token": token})).await;
+    assert_eq!(status, 400);
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/dyn/db"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body).contains("DYNAMIC_SECRET"), "{body}");
+
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"]}),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": "t-00000000000000000000000000000000"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(error_text(&body).contains("invalid authentication token"));
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "uid-token": "u-nope"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    emulator.expire_tokens();
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        error_text(&body),
+        "failed to get secret value: Status 401 Unauthorized, Error: UnauthorizedAccess. Message: authentication token is expired"
+    );
+    let fresh = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": fresh}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(emulator.stats().reads.len(), 2);
+}
+
+#[tokio::test]
+async fn tokens_expire_by_ttl() {
+    let seed =
+        Seed::from_yaml(&SEED.replace("token_ttl_seconds: 900", "token_ttl_seconds: 1")).unwrap();
+    let emulator = start("127.0.0.1:0".parse().unwrap(), seed).await.unwrap();
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(error_text(&body).contains("expired"));
+}
+
+#[tokio::test]
+async fn validate_token() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, body) = post(&emulator, "validate-token", json!({"token": token})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["is_valid"], true);
+    assert_eq!(body["reason"], "");
+    assert!(
+        (890..=900).contains(&body["ttl"].as_u64().unwrap()),
+        "{body}"
+    );
+    assert!(body["expiration"].as_str().unwrap().ends_with("+0000 UTC"));
+    assert!(body["last_rotate"].is_string());
+    emulator.expire_tokens();
+    let (status, body) = post(&emulator, "validate-token", json!({"token": token})).await;
+    assert_eq!(
+        (status, &body["is_valid"], &body["ttl"]),
+        (200, &json!(false), &json!(0))
+    );
+    let (status, _) = post(&emulator, "validate-token", json!({"token": "t-unknown"})).await;
+    assert_eq!(status, 401);
+    let (status, _) = post(&emulator, "validate-token", json!({})).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn describe_item() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/api/token", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["item_name"], "/demo/api/token");
+    assert_eq!(body["item_type"], "STATIC_SECRET");
+    assert_eq!(body["item_sub_type"], "generic");
+    assert_eq!(body["last_version"], 3);
+    assert_eq!(body["is_enabled"], true);
+    assert_eq!(body["item_state"], "Enabled");
+    assert_eq!(body["item_tags"], json!(["team-b"]));
+    assert_eq!(
+        body["item_general_info"]["static_secret_info"]["format"],
+        "text"
+    );
+    assert!(body["item_id"].as_u64().unwrap() > 0);
+    let display_id = body["display_id"].as_str().unwrap();
+    assert_eq!(display_id.len(), 17, "{display_id}");
+    let created = body["creation_date"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 20, "{created}");
+    assert!(body["modification_date"].is_string());
+    assert!(body.get("item_versions").is_none());
+
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/api/token", "show-versions": true, "token": token}),
+    )
+    .await;
+    let versions = body["item_versions"].as_array().unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+    assert_eq!(versions[0]["item_version_state"], "Enabled");
+
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "demo/db/password", "token": token}),
+    )
+    .await;
+    assert_eq!(body["item_sub_type"], "password");
+    assert_eq!(
+        body["item_general_info"]["static_secret_info"]["format"],
+        "password"
+    );
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/dyn/db", "token": token}),
+    )
+    .await;
+    assert_eq!(body["item_type"], "DYNAMIC_SECRET");
+
+    let (status, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/nope", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        error_text(&body),
+        "failed to obtain item description: Desc: Failed to get item. Status 404 Not Found, Error: NotFound. \
+         Message: account id: acc-emulator0001, access id: p-demo0000000001. failed to obtain item /demo/nope"
+    );
+    let (status, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/other/secret", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(error_text(&body).starts_with(
+        "failed to obtain item description: Desc: Failed to get item. Status 401 Unauthorized, Error: UnauthorizedAccess."
+    ));
+    let (status, _) = post(&emulator, "describe-item", json!({"token": token})).await;
+    assert_eq!(status, 400);
+    let (status, _) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/top", "show-versions": "yes", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+fn names(body: &Value) -> Vec<&str> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["item_name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn list_items() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let list = |body: Value| {
+        let emulator = emulator.clone();
+        let token = token.clone();
+        async move {
+            let mut body = body;
+            body["token"] = json!(token);
+            let (status, reply) = post(&emulator, "list-items", body).await;
+            assert_eq!(status, 200, "{reply}");
+            reply
+        }
+    };
+    let all = list(json!({})).await;
+    assert_eq!(
+        names(&all),
+        [
+            "/demo/api/token",
+            "/demo/db/config",
+            "/demo/db/password",
+            "/demo/dyn/db",
+            "/demo/top"
+        ]
+    );
+    assert_eq!(all["folders"], json!(["/demo"]));
+    assert_eq!(all["next_page"], "");
+    assert!(all["items"][0]["item_general_info"].is_object());
+
+    let demo = list(json!({"path": "/demo"})).await;
+    assert_eq!(names(&demo).len(), 5);
+    assert_eq!(
+        demo["folders"],
+        json!(["/demo/api", "/demo/db", "/demo/dyn"])
+    );
+    let current = list(json!({"path": "/demo/", "current-folder": true})).await;
+    assert_eq!(names(&current), ["/demo/top"]);
+    assert_eq!(
+        names(&list(json!({"path": "demo/db"})).await),
+        ["/demo/db/config", "/demo/db/password"]
+    );
+    assert_eq!(
+        names(&list(json!({"filter": "pass"})).await),
+        ["/demo/db/password"]
+    );
+    assert_eq!(
+        names(&list(json!({"type": ["dynamic-secret"]})).await),
+        ["/demo/dyn/db"]
+    );
+    assert_eq!(
+        names(&list(json!({"tag": "team-a"})).await),
+        ["/demo/db/config", "/demo/db/password"]
+    );
+    let minimal = list(json!({"path": "/demo/top", "minimal-view": true})).await;
+    assert_eq!(names(&minimal), Vec::<&str>::new());
+    let minimal = list(json!({"filter": "/demo/top", "minimal-view": true})).await;
+    assert!(minimal["items"][0].get("item_general_info").is_none());
+    assert_eq!(minimal["items"][0]["item_type"], "STATIC_SECRET");
+
+    // Pages of `list_page_size` (2) when auto-pagination is disabled.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..10 {
+        let page =
+            list(json!({"auto-pagination": "disabled", "pagination-token": page_token})).await;
+        seen.extend(names(&page).into_iter().map(str::to_owned));
+        page_token = page["next_page"].as_str().unwrap().to_owned();
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 5);
+
+    let narrow = login(&emulator, NARROW_ID, NARROW_KEY).await;
+    let (_, body) = post(&emulator, "list-items", json!({"token": narrow})).await;
+    assert_eq!(names(&body), ["/demo/db/password"]);
+    let (status, _) = post(
+        &emulator,
+        "list-items",
+        json!({"pagination-token": "bogus", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = post(&emulator, "list-items", json!({})).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn transport_conventions() {
+    let emulator = emulator().await;
+    let http = client();
+    // ESO's probe: an empty POST to the base URL must mention "unknown command".
+    let response = http.post(emulator.url()).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(error_text(&body).starts_with("unknown command"), "{body}");
+    let (status, body) = post(&emulator, "get-rotated-nonsense", json!({})).await;
+    assert_eq!(status, 404);
+    assert!(
+        error_text(&body).contains("unknown command \"get-rotated-nonsense\""),
+        "{body}"
+    );
+
+    let response = http
+        .post(format!("{}/auth", emulator.url()))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        error_text(&body).starts_with("invalid request body: "),
+        "{body}"
+    );
+    let response = http
+        .post(format!("{}/auth", emulator.url()))
+        .body("[1,2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http
+        .get(format!("{}/auth", emulator.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let response = http
+        .post(format!("{}/auth", emulator.url()))
+        .body(vec![0xff, 0xfe, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http
+        .post(format!("{}/auth", emulator.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        400,
+        "empty body is an empty object: missing access-id"
+    );
+    assert_eq!(emulator.calls("/auth"), 5);
+    assert_eq!(emulator.stats().total_calls, 7);
+}
+
+#[tokio::test]
+async fn status_fault_with_retry_after_and_times() {
+    let emulator = emulator().await;
+    emulator.add_fault(
+        Fault::new(FaultKind::Status {
+            status: 503,
+            retry_after_secs: Some(7),
+        })
+        .on("/auth")
+        .times(2),
+    );
+    let http = client();
+    for _ in 0..2 {
+        let response = http
+            .post(format!("{}/auth", emulator.url()))
+            .json(&json!({"access-id": DEMO_ID, "access-key": DEMO_KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "7");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            error_text(&body).contains("Status 503 Service Unavailable"),
+            "{body}"
+        );
+    }
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+    assert_eq!(emulator.calls("/auth"), 3);
+    assert!(emulator.shared.faults().is_empty());
+}
+
+#[tokio::test]
+async fn fault_only_hits_its_endpoint() {
+    let emulator = emulator().await;
+    emulator.add_fault(
+        Fault::new(FaultKind::Status {
+            status: 429,
+            retry_after_secs: None,
+        })
+        .on("get-secret-value"),
+    );
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    for _ in 0..3 {
+        let (status, _) = post(
+            &emulator,
+            "get-secret-value",
+            json!({"names": ["/demo/top"], "token": token}),
+        )
+        .await;
+        assert_eq!(status, 429);
+    }
+    assert_eq!(emulator.calls("/get-secret-value"), 3);
+    assert!(emulator.stats().reads.is_empty());
+    emulator.clear_faults();
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn delay_fault_and_latency() {
+    let emulator = emulator().await;
+    emulator.add_fault(Fault::new(FaultKind::Delay { ms: 300 }).times(1));
+    let started = Instant::now();
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        emulator.shared.faults().is_empty(),
+        "a times(1) fault is used up"
+    );
+
+    emulator.set_latency(Duration::from_millis(200));
+    let started = Instant::now();
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    emulator.set_latency(Duration::from_secs(3));
+    // The control API is not delayed.
+    let started = Instant::now();
+    let response = client()
+        .get(format!("{}/__emulator/stats", emulator.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    emulator.set_latency(Duration::ZERO);
+}
+
+#[tokio::test]
+async fn reset_fault_closes_the_connection() {
+    let emulator = emulator().await;
+    emulator.add_fault(Fault::new(FaultKind::Reset).on("/auth").times(1));
+    let error = client()
+        .post(format!("{}/auth", emulator.url()))
+        .json(&json!({"access-id": DEMO_ID, "access-key": DEMO_KEY}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(!error.is_timeout(), "{error:?}");
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+    assert_eq!(emulator.calls("/auth"), 2);
+    assert_eq!(emulator.stats().tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn truncated_and_malformed_faults() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    emulator.add_fault(Fault::new(FaultKind::Truncated).times(1));
+    emulator.add_fault(Fault::new(FaultKind::Malformed).times(1));
+    let http = client();
+    let request = json!({"names": ["/demo/db/config"], "token": token});
+    let url = format!("{}/get-secret-value", emulator.url());
+
+    let response = http.post(&url).json(&request).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.starts_with("{\"/demo/db/config\""), "{text}");
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+
+    let response = http.post(&url).json(&request).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let text = response.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+
+    let response = http.post(&url).json(&request).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["/demo/db/config"],
+        "{\"host\":\"db.internal\",\"port\":5432}"
+    );
+    assert_eq!(emulator.calls("/get-secret-value"), 3);
+}
+
+#[tokio::test]
+async fn slow_body_fault_dribbles_the_real_body() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    emulator.add_fault(
+        Fault::new(FaultKind::SlowBody { ms_per_chunk: 40 })
+            .on("/get-secret-value")
+            .times(1),
+    );
+    let started = Instant::now();
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/db/config"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["/demo/db/config"],
+        "{\"host\":\"db.internal\",\"port\":5432}"
+    );
+    // The body is ~60 bytes: at least 4 chunks of 16 bytes.
+    assert!(
+        started.elapsed() >= Duration::from_millis(160),
+        "{:?}",
+        started.elapsed()
+    );
+    // A client deadline shorter than the dribble fails mid-body.
+    emulator.add_fault(Fault::new(FaultKind::SlowBody { ms_per_chunk: 300 }).times(1));
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .post(format!("{}/get-secret-value", emulator.url()))
+        .json(&json!({"names": ["/demo/db/config"], "token": token}))
+        .send()
+        .await;
+    let failed = match response {
+        Err(_) => true,
+        Ok(response) => response.bytes().await.is_err(),
+    };
+    assert!(failed);
+}
+
+#[tokio::test]
+async fn control_api() {
+    let emulator = emulator().await;
+    let http = client();
+    let control = |path: &str| format!("{}/__emulator/{path}", emulator.url());
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+
+    let stats: Stats = http
+        .get(control("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.calls("/auth"), 1);
+    assert_eq!(stats, emulator.stats());
+    let response = http.post(control("reset")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(emulator.stats(), Stats::default());
+
+    let response = http
+        .post(control("faults"))
+        .json(&json!({"endpoint": "/describe-item", "kind": {"type": "status", "status": 500}, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let faults: Vec<Fault> = http
+        .get(control("faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults.len(), 1);
+    let (status, _) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/top", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 500);
+    http.post(control("faults"))
+        .json(&json!({"kind": {"type": "malformed"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        http.delete(control("faults"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(emulator.shared.faults().is_empty());
+    let response = http
+        .post(control("faults"))
+        .json(&json!({"kind": {"type": "explode"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let response = http
+        .post(control("secrets"))
+        .json(&json!({"name": "/demo/top", "value": "rotated"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    let (_, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(body["/demo/top"], "rotated");
+    let response = http
+        .delete(control("secrets"))
+        .json(&json!({"name": "/demo/top"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/top"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let response = http
+        .post(control("latency"))
+        .json(&json!({"ms": 150}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    post(&emulator, "validate-token", json!({"token": token})).await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    http.post(control("latency"))
+        .json(&json!({"ms": 0}))
+        .send()
+        .await
+        .unwrap();
+    let response = http
+        .post(control("latency"))
+        .json(&json!({"ms": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    assert_eq!(
+        http.post(control("expire-tokens"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, _) = post(&emulator, "validate-token", json!({"token": token})).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&emulator, "list-items", json!({"token": token})).await;
+    assert_eq!(status, 401);
+
+    assert_eq!(
+        http.get(control("nothing")).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        http.get(control("reset")).send().await.unwrap().status(),
+        405
+    );
+    // Control requests are not API calls.
+    let stats = emulator.stats();
+    assert_eq!(
+        stats.calls.keys().collect::<Vec<_>>(),
+        [
+            "/describe-item",
+            "/get-secret-value",
+            "/list-items",
+            "/validate-token"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rotation_and_deletion_through_the_handle() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    emulator.put_secret("/demo/api/token", "v4");
+    emulator.put_secret("demo/new/secret", "fresh");
+    emulator.put_secret("", "ignored");
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/api/token", "/demo/new/secret"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"/demo/api/token": "v4", "/demo/new/secret": "fresh"})
+    );
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/api/token", "token": token}),
+    )
+    .await;
+    assert_eq!(body["last_version"], 4);
+    emulator.delete_item("/demo/api/token");
+    let (status, _) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/api/token", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn many_concurrent_requests() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let http = client();
+    let url = format!("{}/get-secret-value", emulator.url());
+    let requests = (0..300).map(|_| {
+        let http = http.clone();
+        let url = url.clone();
+        let body = json!({"names": ["/demo/db/password", "/demo/api/token"], "token": token});
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    for request in futures::future::join_all(requests).await {
+        assert_eq!(request.unwrap(), 200);
+    }
+    assert_eq!(emulator.calls("/get-secret-value"), 300);
+    assert_eq!(emulator.stats().reads.len(), 600);
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_listener() {
+    let emulator = emulator().await;
+    let addr = emulator.addr();
+    let other = emulator.clone();
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+    emulator.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    drop(other);
+
+    // Dropping every handle stops it too.
+    let emulator = start("127.0.0.1:0".parse().unwrap(), Seed::demo())
+        .await
+        .unwrap();
+    let addr = emulator.addr();
+    drop(emulator);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn run_serves_until_shutdown() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let server = tokio::spawn(run(addr, Seed::demo(), async move {
+        let _ = stopped.await;
+    }));
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match http
+            .get(format!("http://{addr}/__emulator/stats"))
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == 200 => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("emulator did not come up: {other:?}"),
+        }
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn demo_seed_serves_its_items() {
+    let emulator = start("127.0.0.1:0".parse().unwrap(), Seed::demo())
+        .await
+        .unwrap();
+    assert!(emulator.url().starts_with("http://127.0.0.1:"));
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let (status, body) = post(
+        &emulator,
+        "list-items",
+        json!({"path": "/demo", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed = names(&body)
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(listed.len(), 4);
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": listed, "token": token}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(body["/demo/db/config"].as_str().unwrap()).unwrap();
+    assert_eq!(config["port"], 5432);
+    use base64::Engine as _;
+    let blob = body["/demo/tls/ca.der.b64"].as_str().unwrap();
+    assert!(
+        base64::engine::general_purpose::STANDARD
+            .decode(blob)
+            .is_ok()
+    );
+    assert_eq!(body["/demo/api/token"], "demo-api-token-v3");
+}
+
+#[test]
+fn seed_errors_name_the_line() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "items:\n  - name: /a\n    value: x\n    colour: red\n",
+            4,
+            "unknown field `colour`",
+        ),
+        ("token_ttl_seconds: soon\n", 1, "invalid type"),
+        (
+            "items:\n  - name: /a\n    type: magic-secret\n    value: x\n",
+            3,
+            "unknown variant `magic-secret`",
+        ),
+        (
+            "auth_methods:\n  - access_id: p-ok1\n    access_key: k\n  - access_id: x-bad\n    access_key: k\n",
+            4,
+            "must be 'p-'",
+        ),
+        (
+            "auth_methods:\n  - access_id: p-ok1\n    access_key: k\n  - access_id: p-ok1\n    access_key: k\n",
+            4,
+            "defined twice",
+        ),
+        (
+            "auth_methods:\n  - access_id: p-nokey\n    read: ['*']\n",
+            2,
+            "no access_key",
+        ),
+        (
+            "auth_methods:\n  - access_id: p-a\n    access_key: k\n    read: ['/a*b']\n",
+            2,
+            "read pattern",
+        ),
+        (
+            "items:\n  - name: /a\n    value: x\n  - name: /b\n    value: y\n  - name: a\n    value: z\n",
+            6,
+            "defined twice",
+        ),
+        (
+            "items:\n  - name: /a\n    value: x\n    versions: [y]\n",
+            2,
+            "both value and versions",
+        ),
+        ("items:\n  - name: /a\n", 2, "needs a value"),
+        (
+            "items:\n  - name: /a\n    versions: []\n",
+            2,
+            "empty versions",
+        ),
+        (
+            "items:\n  - name: /a\n    value: x\n  - name: '/j'\n    format: json\n    value: '{oops'\n",
+            4,
+            "not valid JSON",
+        ),
+        (
+            "items:\n  - name: /k\n    format: key-value\n    value: '{\"a\": 1}'\n",
+            2,
+            "object of strings",
+        ),
+        ("items:\n  - name: /f/\n    value: x\n", 2, "ends with '/'"),
+        ("token_ttl_seconds: 0\n", 1, "between 1"),
+        ("items: [\n", 2, ""),
+    ];
+    for (yaml, line, fragment) in cases {
+        let Err(err) = Seed::from_yaml(yaml) else {
+            panic!("accepted: {yaml:?}")
+        };
+        let EmulatorError::Seed {
+            line: Some(found),
+            message,
+        } = &err
+        else {
+            panic!("{yaml:?}: no line in {err}");
+        };
+        assert_eq!(found, line, "{yaml:?}: {err}");
+        assert!(message.contains(fragment), "{yaml:?}: {err}");
+        assert!(err.to_string().contains(&format!("(line {line})")), "{err}");
+    }
+    // Errors never echo the secret values.
+    let err = Seed::from_yaml("items:\n  - name: /j\n    format: json\n    value: 'hunter2{'\n")
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    // Debug output redacts keys and values.
+    let seed = Seed::from_yaml(SEED).unwrap();
+    let debug = format!("{seed:?}");
+    assert!(
+        !debug.contains(DEMO_KEY) && !debug.contains("pw-1"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn demo_seed_is_valid() {
+    let seed = Seed::demo();
+    assert_eq!(seed.auth_methods.len(), 1);
+    assert_eq!(seed.auth_methods[0].access_id, DEMO_ID);
+    assert_eq!(
+        seed.auth_methods[0].access_key.as_ref().unwrap().expose(),
+        DEMO_KEY
+    );
+    assert_eq!(seed.items.len(), 4);
+    assert_eq!(seed.token_ttl_seconds, 900);
+}
+
+#[tokio::test]
+async fn start_rejects_invalid_programmatic_seeds_and_busy_ports() {
+    let mut seed = Seed::default();
+    seed.items.push(SeedItem {
+        name: "/x".into(),
+        item_type: ItemType::StaticSecret,
+        format: SecretFormat::Text,
+        value: None,
+        versions: None,
+        tags: vec![],
+    });
+    let err = start("127.0.0.1:0".parse().unwrap(), seed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EmulatorError::Seed { line: None, .. }),
+        "{err}"
+    );
+
+    let emulator = start("127.0.0.1:0".parse().unwrap(), Seed::default())
+        .await
+        .unwrap();
+    let err = start(emulator.addr(), Seed::default()).await.unwrap_err();
+    assert!(matches!(err, EmulatorError::Bind { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn odd_inputs_never_break_it() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let http = client();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<String> = vec![
+        r#"{"names": null, "token": "TOKEN"}"#.into(),
+        r#"{"names": [null], "token": "TOKEN"}"#.into(),
+        r#"{"names": ["/demo/top"], "version": 1e100, "token": "TOKEN"}"#.into(),
+        r#"{"names": ["/demo/top"], "version": -3, "token": "TOKEN"}"#.into(),
+        r#"{"names": ["/demo/top"], "version": 99999999999, "token": "TOKEN"}"#.into(),
+        r#"{"names": ["/demo/top"], "token": 5}"#.into(),
+        r#"{"name": "", "token": "TOKEN"}"#.into(),
+        r#"{"path": "////", "filter": "", "type": [], "tag": "", "token": "TOKEN"}"#.into(),
+        r#"{"names": ["", "/", "//x", "\u0000"], "token": "TOKEN"}"#.into(),
+        format!(
+            r#"{{"names": ["{}"], "token": "TOKEN"}}"#,
+            "é".repeat(50_000)
+        ),
+        deep,
+        "null".into(),
+        "\"string\"".into(),
+    ];
+    for command in [
+        "auth",
+        "get-secret-value",
+        "describe-item",
+        "list-items",
+        "validate-token",
+    ] {
+        for body in &bodies {
+            let response = http
+                .post(format!("{}/{command}", emulator.url()))
+                .body(body.replace("TOKEN", &token))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let reply: Value = response.json().await.unwrap();
+            assert!(
+                status == 200 || (400..500).contains(&status),
+                "{command} {status} {reply}"
+            );
+            if status != 200 {
+                assert!(reply["error"].is_string(), "{reply}");
+            }
+        }
+    }
+    let huge = vec![b' '; 9 * 1024 * 1024];
+    let response = http
+        .post(format!("{}/auth", emulator.url()))
+        .body(huge)
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+    }
+    login(&emulator, DEMO_ID, DEMO_KEY).await;
+}

@@ -1,0 +1,31 @@
+//! Akeyless provider for the Kubernetes Secrets Store CSI driver.
+//!
+//! A mount travels through one module per stage:
+//!
+//! 1. [`server`] binds the owner-only unix socket the driver dials, repairs the HTTP/2
+//!    `:authority` of old drivers ([`server::authority`]) and drains on shutdown;
+//! 2. [`service`] implements `v1alpha1.CSIDriverProvider` (`Version`, `Mount`) and maps every
+//!    failure to a `tonic::Status` that names the object and the fix;
+//! 3. [`params`] parses the request's JSON strings once into a typed [`params::MountConfig`];
+//! 4. [`auth`] turns the pod's identity into an Akeyless token, cached per identity;
+//! 5. [`akeyless`] talks to the Akeyless API (SaaS or Gateway) over HTTP with retries and deadlines;
+//! 6. [`render`] shapes fetched values into files with modes and object versions.
+//!
+//! Around them: [`secret`] (types that never print secret material), [`telemetry`] (logs),
+//! [`cli`] (flags), and the developer tools [`emulator`] (an Akeyless-compatible API on loopback),
+//! [`mount_cli`] (a driver-equivalent client) and [`demo`].
+#![forbid(unsafe_code)]
+
+pub mod akeyless;
+pub mod auth;
+pub mod cli;
+pub mod demo;
+pub mod emulator;
+pub mod mount_cli;
+pub mod params;
+pub mod proto;
+pub mod render;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,54 @@
+//! The `akeyless-csi-provider` binary: parses flags, sets up logging and runs one command.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+
+use akeyless_csi_provider::cli::{Cli, Command};
+use akeyless_csi_provider::{demo, emulator, mount_cli, server, telemetry};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (format, level) = cli.log_settings();
+    telemetry::init(format, &level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let provider = args.provider()?;
+            let socket = server::bind(&args.socket)?;
+            server::serve(
+                socket,
+                provider,
+                server::shutdown_signal(),
+                args.shutdown_grace,
+                args.mount_timeout + args.call_timeout,
+            )
+            .await?;
+            tracing::info!("stopped");
+        }
+        Command::Emulator(args) => {
+            let seed = match &args.seed {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the seed {}", path.display()))?;
+                    emulator::Seed::from_yaml(&text)?
+                }
+                None => emulator::Seed::demo(),
+            };
+            emulator::run(args.listen, seed, server::shutdown_signal()).await?;
+        }
+        Command::Mount(args) => {
+            let code = mount_cli::run(&args).await?;
+            std::process::exit(code);
+        }
+        Command::Demo(args) => demo::run(&args).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,843 @@
+//! Parameter parsing: the driver's `MountRequest` strings become one typed [`MountConfig`].
+//!
+//! Everything a pod author or the driver can put in a request is checked here, once, before any
+//! network call, and every problem is reported at once so that one round of fixes is enough.
+//! SecretProviderClasses written for Akeyless's Go provider parse unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::proto::v1alpha1::MountRequest;
+use crate::secret::SecretString;
+
+/// SPC parameter and volume-context keys, spelled as users and the driver spell them.
+pub mod keys {
+    pub const GATEWAY_URL: &str = "akeylessGatewayURL";
+    pub const ACCESS_ID: &str = "akeylessAccessID";
+    pub const ACCESS_TYPE: &str = "akeylessAccessType";
+    pub const ACCESS_KEY: &str = "akeylessAccessKey";
+    pub const OBJECTS: &str = "objects";
+    pub const SPC_NAME: &str = "secretProviderClass";
+    pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
+    pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+    pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+    pub const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
+    pub const SA_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+}
+
+/// The driver's default `permission` ("420" = 0644) when a request carries none.
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// Limits of the driver's file writer (csi-driver.md §3): longer paths fail the whole write.
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_ELEMENT_BYTES: usize = 255;
+
+/// Everything one mount needs, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// The SPC's `akeylessGatewayURL`; `None` means the provider's `--akeyless-url`.
+    pub gateway: Option<Url>,
+    pub access: AccessConfig,
+    pub objects: Vec<ObjectSpec>,
+    pub pod: PodInfo,
+    /// The name of the SecretProviderClass, when the driver sent it (not on old rotation calls).
+    pub spc_name: Option<String>,
+    /// Informational: the tmpfs the driver mounted; the driver writes the files itself.
+    pub target_path: String,
+}
+
+/// How the pod authenticates to Akeyless.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub access_type: AccessType,
+    pub access_id: String,
+    /// The access key (`access_key`), from the nodePublishSecretRef or the SPC.
+    pub access_key: Option<SecretString>,
+}
+
+/// Akeyless auth methods, by the names of `akeylessAccessType` (the Go provider's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessType {
+    AccessKey,
+    K8s,
+    Jwt,
+    Oidc,
+    AzureAd,
+    AwsIam,
+    Gcp,
+    UniversalIdentity,
+}
+
+impl AccessType {
+    const ALL: [(&'static str, AccessType); 8] = [
+        ("access_key", AccessType::AccessKey),
+        ("k8s", AccessType::K8s),
+        ("jwt", AccessType::Jwt),
+        ("oidc", AccessType::Oidc),
+        ("azure_ad", AccessType::AzureAd),
+        ("aws_iam", AccessType::AwsIam),
+        ("gcp", AccessType::Gcp),
+        ("universal_identity", AccessType::UniversalIdentity),
+    ];
+
+    /// The wire name Akeyless expects in `access-type`.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("access_key")
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        // `api_key` is what ESO and the CLI call an access key; it is not a server value.
+        if text.eq_ignore_ascii_case("api_key") {
+            return Some(Self::AccessKey);
+        }
+        Self::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(text))
+            .map(|(_, t)| *t)
+    }
+
+    fn names() -> String {
+        Self::ALL.map(|(n, _)| n).join(", ")
+    }
+}
+
+impl fmt::Display for AccessType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of `objects`: which item to read and how to write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// The Akeyless item name, e.g. `/prod/db/password`.
+    pub secret_path: String,
+    /// Relative, clean path of the file in the volume.
+    pub file_name: String,
+    /// A pinned item version; `None` reads the latest.
+    pub version: Option<u32>,
+    /// A key or path inside a JSON value (see [`crate::render`]).
+    pub property: Option<String>,
+    pub encoding: Encoding,
+    /// Permission bits of the file.
+    pub mode: u32,
+}
+
+impl ObjectSpec {
+    /// The object's id in `object_version`: the Go provider's `<fileName>:<secretPath>`, unique
+    /// because file names are, and stable for users migrating from it.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.file_name, self.secret_path)
+    }
+}
+
+/// How a fetched value is decoded before it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// Written as it is stored.
+    #[default]
+    Utf8,
+    /// Stored base64-encoded; the file gets the decoded bytes.
+    Base64,
+    /// Stored hex-encoded; the file gets the decoded bytes.
+    Hex,
+}
+
+impl Encoding {
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "" | "utf-8" | "utf8" => Some(Self::Utf8),
+            "base64" => Some(Self::Base64),
+            "hex" => Some(Self::Hex),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Utf8 => "utf-8",
+            Self::Base64 => "base64",
+            Self::Hex => "hex",
+        })
+    }
+}
+
+/// Who is mounting: the pod the driver names in the volume context.
+#[derive(Debug, Clone, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+    /// Service-account tokens the driver requested for the pod, by audience.
+    pub tokens: BTreeMap<String, PodToken>,
+}
+
+/// A pod-bound service-account token from `csi.storage.k8s.io/serviceAccount.tokens`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PodToken {
+    pub token: SecretString,
+    #[serde(rename = "expirationTimestamp", default)]
+    pub expiration: Option<String>,
+}
+
+/// Invalid input: every problem found, each naming the field and what to fix.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid SecretProviderClass parameters: {}", .problems.join("; "))]
+pub struct ParamsError {
+    pub problems: Vec<String>,
+}
+
+/// Parses and validates a `Mount` request.
+pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
+    let mut problems = Vec::new();
+
+    let attributes = parse_attributes(&request.attributes, &mut problems);
+    let secrets = parse_secrets(&request.secrets, &mut problems);
+    let default_mode = parse_permission(&request.permission, &mut problems);
+    let attr = |key: &str| attributes.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+    let gateway = attr(keys::GATEWAY_URL).and_then(|raw| match parse_gateway_url(raw) {
+        Ok(url) => Some(url),
+        Err(why) => {
+            problems.push(format!("{}: {why}", keys::GATEWAY_URL));
+            None
+        }
+    });
+
+    let access_type = match attr(keys::ACCESS_TYPE) {
+        None => AccessType::AccessKey,
+        Some(raw) => AccessType::parse(raw).unwrap_or_else(|| {
+            problems.push(format!(
+                "{}: {raw:?} is not a supported access type; use one of {}",
+                keys::ACCESS_TYPE,
+                AccessType::names()
+            ));
+            AccessType::AccessKey
+        }),
+    };
+
+    let access_id = attr(keys::ACCESS_ID).unwrap_or_default().to_owned();
+    if access_id.is_empty() {
+        problems.push(format!(
+            "{}: missing; set it to the Access ID of the Akeyless auth method (p-...)",
+            keys::ACCESS_ID
+        ));
+    } else if access_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problems.push(format!("{}: contains whitespace", keys::ACCESS_ID));
+    }
+
+    // The nodePublishSecretRef Secret is the recommended home of the key; an SPC may carry it
+    // inline like the Go provider's examples do. The Secret wins when both are set.
+    let access_key = secrets
+        .get(keys::ACCESS_KEY)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| SecretString::new(v.trim()))
+        .or_else(|| attr(keys::ACCESS_KEY).map(SecretString::new));
+    if access_type == AccessType::AccessKey && access_key.is_none() {
+        problems.push(format!(
+            "{}: missing; put the access key under key {} of the Secret named in the volume's \
+             nodePublishSecretRef (or, for tests only, in the SecretProviderClass)",
+            keys::ACCESS_KEY,
+            keys::ACCESS_KEY
+        ));
+    }
+
+    let objects = match attributes.get(keys::OBJECTS).map(|s| s.as_str()) {
+        None | Some("") => {
+            problems.push(format!(
+                "{}: missing; list the items to mount as YAML, e.g. \"- secretPath: /path/to/item\\n  fileName: item\"",
+                keys::OBJECTS
+            ));
+            Vec::new()
+        }
+        Some(text) => parse_objects(text, default_mode, &mut problems),
+    };
+
+    let pod = PodInfo {
+        namespace: attr(keys::POD_NAMESPACE).unwrap_or_default().to_owned(),
+        name: attr(keys::POD_NAME).unwrap_or_default().to_owned(),
+        uid: attr(keys::POD_UID).unwrap_or_default().to_owned(),
+        service_account: attr(keys::SERVICE_ACCOUNT).unwrap_or_default().to_owned(),
+        tokens: attr(keys::SA_TOKENS)
+            .map(|raw| parse_tokens(raw, &mut problems))
+            .unwrap_or_default(),
+    };
+
+    if !problems.is_empty() {
+        return Err(ParamsError { problems });
+    }
+    Ok(MountConfig {
+        gateway,
+        access: AccessConfig {
+            access_type,
+            access_id,
+            access_key,
+        },
+        objects,
+        pod,
+        spc_name: attr(keys::SPC_NAME).map(str::to_owned),
+        target_path: request.target_path.clone(),
+    })
+}
+
+fn parse_attributes(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    match serde_json::from_str::<BTreeMap<String, String>>(raw) {
+        Ok(map) => map,
+        Err(e) => {
+            problems.push(format!(
+                "attributes: not a JSON object of strings (line {}, column {}); every \
+                 SecretProviderClass parameter must be a string: quote numbers and booleans",
+                e.line(),
+                e.column()
+            ));
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `secrets` is the nodePublishSecretRef data: `null` without a ref, a JSON map with one.
+fn parse_secrets(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "null" {
+        return BTreeMap::new();
+    }
+    match serde_json::from_str::<Option<BTreeMap<String, String>>>(raw) {
+        Ok(map) => {
+            let mut map = map.unwrap_or_default();
+            // Newer drivers copy the pod's tokens here too; they are read from attributes.
+            map.remove(keys::SA_TOKENS);
+            map
+        }
+        Err(e) => {
+            // Never echo the text: it holds credentials.
+            problems.push(format!(
+                "secrets: the nodePublishSecretRef data is not a JSON object of strings (line {}, column {})",
+                e.line(),
+                e.column()
+            ));
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `permission` is the volume's default mode as a decimal JSON number in a string ("420").
+fn parse_permission(raw: &str, problems: &mut Vec<String>) -> u32 {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return DEFAULT_MODE;
+    }
+    match raw.parse::<u32>() {
+        Ok(mode) if mode <= 0o777 => mode,
+        _ => {
+            problems.push(format!(
+                "permission: {raw:?} is not a decimal file mode between 0 and 511 (e.g. \"420\" for 0644)"
+            ));
+            DEFAULT_MODE
+        }
+    }
+}
+
+/// The API base URL of Akeyless SaaS or a Gateway, e.g. `https://gw:8000/api/v2`.
+pub fn parse_gateway_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{raw:?} must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{raw:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo it: the userinfo may be a credential.
+        return Err("the URL must not contain a user name or password".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{raw:?} must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn parse_tokens(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, PodToken> {
+    match serde_json::from_str::<BTreeMap<String, PodToken>>(raw) {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            problems.push(format!(
+                "{}: not a JSON map of audience to {{token, expirationTimestamp}} (line {}, column {})",
+                keys::SA_TOKENS,
+                e.line(),
+                e.column()
+            ));
+            BTreeMap::new()
+        }
+    }
+}
+
+/// One `objects` entry as written. Unknown fields are refused so that a typo
+/// (`filename`, `secretpath`) is reported instead of silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawObject {
+    #[serde(default)]
+    secret_path: Option<String>,
+    #[serde(default)]
+    file_name: Option<String>,
+    #[serde(default)]
+    version: Option<ScalarText>,
+    #[serde(default)]
+    property: Option<String>,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    file_permission: Option<ScalarText>,
+    /// Accepted for Go-provider SPCs; the item type comes from Akeyless.
+    #[serde(default)]
+    #[allow(dead_code)]
+    secret_type: Option<serde_norway::Value>,
+    /// Accepted for Go-provider SPCs, which never used it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    secret_args: Option<serde_norway::Value>,
+}
+
+/// A YAML scalar read as text, so `version: 3` and `version: "3"` (or an unquoted
+/// `filePermission: 0644`) all work.
+#[derive(Debug)]
+struct ScalarText(String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::String(s) => Ok(Self(s)),
+            serde_norway::Value::Number(n) => Ok(Self(n.to_string())),
+            _ => Err(serde::de::Error::custom("expected a number or a string")),
+        }
+    }
+}
+
+/// The Azure provider's form: `array:` holding YAML strings, each one object.
+#[derive(Debug, Deserialize)]
+struct ArrayForm {
+    array: Vec<String>,
+}
+
+fn parse_objects(text: &str, default_mode: u32, problems: &mut Vec<String>) -> Vec<ObjectSpec> {
+    let raw: Vec<RawObject> = match serde_norway::from_str::<Vec<RawObject>>(text) {
+        Ok(list) => list,
+        Err(list_err) => match serde_norway::from_str::<ArrayForm>(text) {
+            Ok(form) => {
+                let mut list = Vec::new();
+                for (i, entry) in form.array.iter().enumerate() {
+                    match serde_norway::from_str::<RawObject>(entry) {
+                        Ok(obj) => list.push(obj),
+                        Err(e) => problems.push(format!("objects: array[{i}]: {}", yaml_error(&e))),
+                    }
+                }
+                list
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "objects: not a YAML list of {{secretPath, fileName}}: {}",
+                    yaml_error(&list_err)
+                ));
+                return Vec::new();
+            }
+        },
+    };
+    if raw.is_empty() {
+        problems.push("objects: the list is empty; name at least one item to mount".to_owned());
+    }
+
+    let mut objects = Vec::with_capacity(raw.len());
+    for (i, obj) in raw.into_iter().enumerate() {
+        if let Some(spec) = validate_object(i, obj, default_mode, problems) {
+            objects.push(spec);
+        }
+    }
+    check_file_name_clashes(&objects, problems);
+    objects
+}
+
+fn validate_object(
+    i: usize,
+    obj: RawObject,
+    default_mode: u32,
+    problems: &mut Vec<String>,
+) -> Option<ObjectSpec> {
+    let before = problems.len();
+    let secret_path = obj.secret_path.as_deref().map(str::trim).unwrap_or_default();
+    let label = if secret_path.is_empty() {
+        format!("objects[{i}]")
+    } else {
+        format!("objects[{i}] ({secret_path})")
+    };
+    if secret_path.is_empty() {
+        problems.push(format!("{label}: secretPath is missing; set the full Akeyless item name"));
+    }
+
+    // Without a fileName the item's last path element names the file.
+    let file_name = match obj.file_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => secret_path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    if let Err(why) = check_file_name(&file_name) {
+        problems.push(format!("{label}: fileName {file_name:?} {why}"));
+    }
+
+    let version = obj.version.and_then(|ScalarText(v)| match v.trim().parse::<u32>() {
+        Ok(0) => None,
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(format!(
+                "{label}: version {v:?} is not a positive item version (omit it for the latest)"
+            ));
+            None
+        }
+    });
+
+    let property = match obj.property.map(|p| p.trim().to_owned()) {
+        Some(p) if p.is_empty() => {
+            problems.push(format!("{label}: property is empty; remove it or name a key"));
+            None
+        }
+        other => other,
+    };
+
+    let encoding = match obj.encoding.as_deref() {
+        None => Encoding::Utf8,
+        Some(e) => Encoding::parse(e).unwrap_or_else(|| {
+            problems.push(format!(
+                "{label}: encoding {e:?} is not one of utf-8, base64, hex"
+            ));
+            Encoding::Utf8
+        }),
+    };
+
+    let mode = match obj.file_permission {
+        None => default_mode,
+        Some(ScalarText(p)) => parse_octal_mode(&p).unwrap_or_else(|| {
+            problems.push(format!(
+                "{label}: filePermission {p:?} is not an octal mode between 0000 and 0777 (e.g. \"0440\")"
+            ));
+            default_mode
+        }),
+    };
+
+    (problems.len() == before).then(|| ObjectSpec {
+        secret_path: secret_path.to_owned(),
+        file_name,
+        version,
+        property,
+        encoding,
+        mode,
+    })
+}
+
+/// `"0644"`, `"644"` or `"0o644"`.
+fn parse_octal_mode(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// The driver's own path rules (csi-driver.md §3), so a bad name fails here with a clear
+/// message instead of as an opaque `FileWriteError` in the driver.
+fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty; set fileName".to_owned());
+    }
+    if name.starts_with('/') {
+        return Err("is absolute; use a relative path".to_owned());
+    }
+    if name.len() > MAX_PATH_BYTES {
+        return Err(format!("is longer than {MAX_PATH_BYTES} bytes"));
+    }
+    if name.contains('\0') {
+        return Err("contains a NUL byte".to_owned());
+    }
+    if name.ends_with('/') || name.contains("//") {
+        return Err("is not a clean path (no trailing or doubled '/')".to_owned());
+    }
+    for (i, element) in name.split('/').enumerate() {
+        if element == "." || element == ".." {
+            return Err(format!("contains a {element:?} element"));
+        }
+        if i == 0 && element.starts_with("..") {
+            return Err("starts with \"..\", which the driver reserves".to_owned());
+        }
+        if element.len() > MAX_ELEMENT_BYTES {
+            return Err(format!("has an element longer than {MAX_ELEMENT_BYTES} bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Two objects may not write the same file, nor a file where another needs a directory.
+fn check_file_name_clashes(objects: &[ObjectSpec], problems: &mut Vec<String>) {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for obj in objects {
+        if let Some(other) = seen.insert(&obj.file_name, &obj.secret_path) {
+            problems.push(format!(
+                "objects: fileName {:?} is used by both {} and {}; give each object its own fileName",
+                obj.file_name, other, obj.secret_path
+            ));
+        }
+    }
+    let names: BTreeSet<&str> = seen.keys().copied().collect();
+    for name in &names {
+        let mut prefix = String::new();
+        for element in name.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(element);
+            if names.contains(prefix.as_str()) {
+                problems.push(format!(
+                    "objects: fileName {prefix:?} is a file but {name:?} needs it to be a directory"
+                ));
+            }
+        }
+    }
+}
+
+fn yaml_error(e: &serde_norway::Error) -> String {
+    // serde_norway's message already carries "at line L column C" when it knows it; make
+    // sure the line is there for errors that only have a location.
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("line") => format!("{msg} (line {})", loc.line()),
+        _ => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(attrs: &[(&str, &str)], secrets: &str) -> MountRequest {
+        let map: BTreeMap<&str, &str> = attrs.iter().copied().collect();
+        MountRequest {
+            attributes: serde_json::to_string(&map).unwrap(),
+            secrets: secrets.to_owned(),
+            target_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/v/mount".into(),
+            permission: "420".into(),
+            current_object_version: vec![],
+        }
+    }
+
+    const GO_PROVIDER_OBJECTS: &str = "- secretPath: \"/full/path/to/secret/item\"\n  fileName: \"local-secret-filename\"\n- secretPath: \"/full/path/to/certificate/item\"\n  fileName: \"local-certificate-filename\"\n";
+
+    #[test]
+    fn go_provider_spc_parses_unchanged() {
+        let req = request(
+            &[
+                ("akeylessGatewayURL", "https://api.akeyless.io"),
+                ("akeylessAccessID", "p-abcdefgh1234"),
+                ("akeylessAccessType", "access_key"),
+                ("objects", GO_PROVIDER_OBJECTS),
+                ("secretProviderClass", "nginx"),
+                ("csi.storage.k8s.io/pod.name", "web-1"),
+                ("csi.storage.k8s.io/pod.namespace", "shop"),
+                ("csi.storage.k8s.io/pod.uid", "0f0c"),
+                ("csi.storage.k8s.io/serviceAccount.name", "web"),
+            ],
+            r#"{"akeylessAccessKey":"the-key"}"#,
+        );
+        let cfg = parse(&req).unwrap();
+        assert_eq!(cfg.gateway.unwrap().as_str(), "https://api.akeyless.io/");
+        assert_eq!(cfg.access.access_type, AccessType::AccessKey);
+        assert_eq!(cfg.access.access_key.unwrap().expose(), "the-key");
+        assert_eq!(cfg.objects.len(), 2);
+        assert_eq!(cfg.objects[0].file_name, "local-secret-filename");
+        assert_eq!(cfg.objects[0].mode, 0o644);
+        assert_eq!(cfg.objects[0].id(), "local-secret-filename:/full/path/to/secret/item");
+        assert_eq!(cfg.pod.namespace, "shop");
+        assert_eq!(cfg.spc_name.as_deref(), Some("nginx"));
+    }
+
+    #[test]
+    fn access_key_may_sit_in_the_spc_and_type_defaults_to_access_key() {
+        let req = request(
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("akeylessAccessKey", "inline"),
+                ("objects", "- secretPath: /a/b"),
+            ],
+            "null",
+        );
+        let cfg = parse(&req).unwrap();
+        assert!(cfg.gateway.is_none());
+        assert_eq!(cfg.access.access_key.unwrap().expose(), "inline");
+        assert_eq!(cfg.objects[0].file_name, "b", "fileName defaults to the last element");
+    }
+
+    #[test]
+    fn new_object_fields_parse() {
+        let objects = "- secretPath: /a\n  fileName: conf/a.json\n  version: 3\n  property: db.password\n  encoding: base64\n  filePermission: \"0440\"\n- secretPath: /b\n  fileName: b\n  filePermission: 0600\n";
+        let req = request(
+            &[("akeylessAccessID", "p-1"), ("objects", objects)],
+            r#"{"akeylessAccessKey":"k","csi.storage.k8s.io/serviceAccount.tokens":"{}"}"#,
+        );
+        let cfg = parse(&req).unwrap();
+        let a = &cfg.objects[0];
+        assert_eq!(
+            (a.version, a.property.as_deref(), a.encoding, a.mode),
+            (Some(3), Some("db.password"), Encoding::Base64, 0o440)
+        );
+        assert_eq!(cfg.objects[1].mode, 0o600, "unquoted 0600 is read as octal");
+    }
+
+    #[test]
+    fn azure_array_form_is_accepted() {
+        let objects = "array:\n  - |\n    secretPath: /a\n    fileName: a\n  - |\n    secretPath: /b\n";
+        let req = request(
+            &[("akeylessAccessID", "p-1"), ("objects", objects)],
+            r#"{"akeylessAccessKey":"k"}"#,
+        );
+        let cfg = parse(&req).unwrap();
+        assert_eq!(cfg.objects.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let objects = "- secretPath: /a\n  fileName: ../etc/passwd\n- secretPath: /b\n  fileName: /abs\n- secretPath: /c\n  fileName: x\n- secretPath: /d\n  fileName: x\n- secretPath: /e\n  fileName: ./e\n- secretPath: /f\n  fileName: f\n  filePermission: \"0999\"\n  encoding: rot13\n";
+        let req = request(
+            &[
+                ("akeylessAccessType", "magic"),
+                ("akeylessGatewayURL", "ftp://gw"),
+                ("objects", objects),
+            ],
+            "null",
+        );
+        let err = parse(&req).unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            "akeylessAccessType: \"magic\"",
+            "akeylessGatewayURL",
+            "akeylessAccessID: missing",
+            "akeylessAccessKey: missing",
+            "objects[0] (/a): fileName \"../etc/passwd\"",
+            "objects[1] (/b): fileName \"/abs\" is absolute",
+            "fileName \"x\" is used by both /c and /d",
+            "objects[4] (/e): fileName \"./e\"",
+            "filePermission \"0999\"",
+            "encoding \"rot13\"",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+    }
+
+    #[test]
+    fn bad_yaml_names_its_line_and_unknown_fields_are_refused() {
+        let req = request(
+            &[("akeylessAccessID", "p-1"), ("objects", "- secretPath: /a\n  fileName: [oops\n")],
+            r#"{"akeylessAccessKey":"k"}"#,
+        );
+        let msg = parse(&req).unwrap_err().to_string();
+        assert!(msg.contains("objects: not a YAML list") && msg.contains("line 2"), "{msg}");
+
+        let req = request(
+            &[("akeylessAccessID", "p-1"), ("objects", "- secretPath: /a\n  filename: a\n")],
+            r#"{"akeylessAccessKey":"k"}"#,
+        );
+        let msg = parse(&req).unwrap_err().to_string();
+        assert!(msg.contains("unknown field `filename`"), "{msg}");
+    }
+
+    #[test]
+    fn missing_or_empty_objects_are_refused() {
+        for objects in [None, Some(""), Some("[]")] {
+            let mut attrs = vec![("akeylessAccessID", "p-1")];
+            if let Some(o) = objects {
+                attrs.push(("objects", o));
+            }
+            let msg = parse(&request(&attrs, r#"{"akeylessAccessKey":"k"}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("objects:"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn file_name_rules_match_the_driver() {
+        assert!(check_file_name("a/b.txt").is_ok());
+        assert!(check_file_name("..data").is_err());
+        assert!(check_file_name("a/../b").is_err());
+        assert!(check_file_name("a/").is_err());
+        assert!(check_file_name("a//b").is_err());
+        assert!(check_file_name(&"x".repeat(256)).is_err());
+        assert!(check_file_name(&format!("{}/b", "x".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn a_file_cannot_also_be_a_directory() {
+        let objects = "- secretPath: /a\n  fileName: tls\n- secretPath: /b\n  fileName: tls/key\n";
+        let msg = parse(&request(
+            &[("akeylessAccessID", "p-1"), ("objects", objects)],
+            r#"{"akeylessAccessKey":"k"}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("\"tls\" is a file but \"tls/key\""), "{msg}");
+    }
+
+    #[test]
+    fn bad_json_and_modes_are_reported_without_echoing_secrets() {
+        let req = MountRequest {
+            attributes: "{not json".into(),
+            secrets: "{\"akeylessAccessKey\": \"hunter2\"".into(),
+            target_path: String::new(),
+            permission: "0x1a4".into(),
+            current_object_version: vec![],
+        };
+        let msg = parse(&req).unwrap_err().to_string();
+        assert!(msg.contains("attributes: not a JSON object"), "{msg}");
+        assert!(msg.contains("secrets: the nodePublishSecretRef data"), "{msg}");
+        assert!(msg.contains("permission: \"0x1a4\""), "{msg}");
+        assert!(!msg.contains("hunter2"));
+    }
+
+    #[test]
+    fn gateway_urls() {
+        assert!(parse_gateway_url("http://gw.akeyless.svc:8000/api/v2").is_ok());
+        assert!(parse_gateway_url("https://api.akeyless.io").is_ok());
+        let err = parse_gateway_url("https://user:pw@gw").unwrap_err();
+        assert!(!err.contains("pw"));
+        assert!(parse_gateway_url("gw:8000").is_err());
+        assert!(parse_gateway_url("https://gw?x=1").is_err());
+    }
+
+    #[test]
+    fn pod_tokens_parse_and_stay_redacted() {
+        let tokens = r#"{"akeyless":{"token":"eyJhbGciOi.secret","expirationTimestamp":"2026-05-01T13:00:00Z"}}"#;
+        let req = request(
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("objects", "- secretPath: /a"),
+                ("csi.storage.k8s.io/serviceAccount.tokens", tokens),
+            ],
+            r#"{"akeylessAccessKey":"k"}"#,
+        );
+        let cfg = parse(&req).unwrap();
+        assert_eq!(cfg.pod.tokens["akeyless"].token.expose(), "eyJhbGciOi.secret");
+        assert!(!format!("{cfg:?}").contains("eyJhbGciOi"));
+        assert!(!format!("{cfg:?}").contains("\"k\""));
+    }
+}

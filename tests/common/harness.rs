@@ -1,0 +1,227 @@
+//! End-to-end fixture: the Akeyless emulator in this process, the real `serve` binary as a
+//! child process on a temporary socket (logging at the most verbose level into a file), and a
+//! tonic client over that socket — the parts a cluster would have, minus the cluster.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use akeyless_csi_provider::emulator::{self, EmulatorHandle, Seed};
+use akeyless_csi_provider::mount_cli;
+use akeyless_csi_provider::proto::v1alpha1::{MountRequest, MountResponse};
+
+pub const ACCESS_ID: &str = "p-e2etest000001";
+pub const ACCESS_KEY: &str = "e2e-access-key-5e1f0c7a";
+pub const OTHER_ID: &str = "p-e2etest000002";
+pub const OTHER_KEY: &str = "e2e-other-key-9b3d4a11";
+
+/// A seed with two identities and `n` items `/e2e/item-<i>` whose values are `value-<i>-…`.
+pub fn seed(n: usize) -> Seed {
+    let mut yaml = format!(
+        "token_ttl_seconds: 900\nauth_methods:\n  - access_id: {ACCESS_ID}\n    access_type: access_key\n    access_key: \"{ACCESS_KEY}\"\n    read: [\"/e2e/*\"]\n  - access_id: {OTHER_ID}\n    access_type: access_key\n    access_key: \"{OTHER_KEY}\"\n    read: [\"/other/*\"]\nitems:\n"
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: /e2e/item-{i}\n    value: \"{}\"\n",
+            secret_value(i)
+        ));
+    }
+    yaml.push_str(
+        "  - name: /e2e/json\n    format: json\n    value: '{\"db\":{\"user\":\"app\",\"password\":\"json-secret-77aa\"},\"port\":5432}'\n",
+    );
+    yaml.push_str("  - name: /e2e/b64\n    value: \"aGVsbG8gYmluYXJ5IHdvcmxk\"\n");
+    yaml.push_str("  - name: /e2e/versioned\n    versions: [\"versioned-one-1a\", \"versioned-two-2b\"]\n");
+    yaml.push_str("  - name: /other/item\n    value: \"other-secret-0c0c\"\n");
+    Seed::from_yaml(&yaml).expect("test seed parses")
+}
+
+/// The value of `/e2e/item-<i>`: distinctive, so the log checks can look for it.
+pub fn secret_value(i: usize) -> String {
+    format!("value-{i}-SECRETMARK-{:08x}", 0x5eed_0000u32 + i as u32)
+}
+
+pub struct Harness {
+    pub akeyless: EmulatorHandle,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Harness {
+    /// Starts the emulator and `serve`, and waits until the socket answers.
+    pub async fn start(seed: Seed) -> Self {
+        Self::start_with(seed, &[]).await
+    }
+
+    pub async fn start_with(seed: Seed, extra_args: &[&str]) -> Self {
+        let akeyless = emulator::start(([127, 0, 0, 1], 0).into(), seed)
+            .await
+            .expect("emulator starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("akeyless.sock");
+        let log = dir.path().join("provider.log");
+        let mut harness = Self {
+            akeyless,
+            socket,
+            log,
+            dir,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        harness.spawn_provider().await;
+        harness
+    }
+
+    /// (Re)starts the provider process, appending to the same log file.
+    pub async fn spawn_provider(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_akeyless-csi-provider"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--akeyless-url")
+            .arg(self.akeyless.url())
+            .args(&self.extra_args)
+            .env("AKEYLESS_CSI_LOG_LEVEL", "trace")
+            .env("AKEYLESS_CSI_LOG_FORMAT", "json")
+            .env_remove("AKEYLESS_CSI_VERSION_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("provider starts");
+        self.child = Some(child);
+        wait_for_socket(&self.socket, &mut self.child).await;
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit status code.
+    pub async fn stop_provider(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("the provider did not stop within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the provider process is still running.
+    pub fn provider_alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The provider's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a Mount the way the driver does, with a 2-minute deadline.
+    pub async fn mount(&self, request: MountRequest) -> Result<MountResponse, tonic::Status> {
+        self.mount_with_timeout(request, Duration::from_secs(120)).await
+    }
+
+    pub async fn mount_with_timeout(
+        &self,
+        request: MountRequest,
+        timeout: Duration,
+    ) -> Result<MountResponse, tonic::Status> {
+        let mut client = mount_cli::connect(&self.socket).await.expect("connect");
+        mount_cli::call(&mut client, request, timeout).await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_for_socket(socket: &Path, child: &mut Option<Child>) {
+    let started = Instant::now();
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return;
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            panic!("the provider exited early: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the provider socket did not appear"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A Mount request as the v1.6 driver builds it: SPC parameters plus pod info.
+pub fn request(params: &[(&str, &str)], secrets: Option<&[(&str, &str)]>) -> MountRequest {
+    let mut attributes: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in [
+        ("secretProviderClass", "e2e-spc"),
+        ("csi.storage.k8s.io/pod.name", "web-1"),
+        ("csi.storage.k8s.io/pod.namespace", "shop"),
+        ("csi.storage.k8s.io/pod.uid", "3f1c2e9a-0000-4000-8000-000000000001"),
+        ("csi.storage.k8s.io/serviceAccount.name", "web"),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+    ] {
+        attributes.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+    }
+    let secrets = match secrets {
+        None => "null".to_owned(),
+        Some(pairs) => serde_json::to_string(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap(),
+    };
+    MountRequest {
+        attributes: serde_json::to_string(&attributes).unwrap(),
+        secrets,
+        target_path: "/var/lib/kubelet/pods/3f1c2e9a/volumes/kubernetes.io~csi/secrets/mount".into(),
+        permission: "420".into(),
+        current_object_version: vec![],
+    }
+}
+
+/// A Go-provider-style request for `objects`, with the access key in the nodePublishSecretRef.
+pub fn go_style_request(objects: &str) -> MountRequest {
+    request(
+        &[
+            ("akeylessAccessID", ACCESS_ID),
+            ("akeylessAccessType", "access_key"),
+            ("objects", objects),
+        ],
+        Some(&[("akeylessAccessKey", ACCESS_KEY)]),
+    )
+}
+
+/// `objects` YAML for items 0..n, written to `file-<i>`.
+pub fn objects(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("- secretPath: /e2e/item-{i}\n  fileName: file-{i}\n"))
+        .collect()
+}
