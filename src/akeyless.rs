@@ -224,10 +224,12 @@ impl Client {
             .await?;
         let mut out = BTreeMap::new();
         for name in names {
-            let value = values.remove(name).ok_or_else(|| ApiError::InvalidResponse {
-                command: command.to_owned(),
-                reason: format!("the response has no value for {name}"),
-            })?;
+            let value = values
+                .remove(name)
+                .ok_or_else(|| ApiError::InvalidResponse {
+                    command: command.to_owned(),
+                    reason: format!("the response has no value for {name}"),
+                })?;
             let bytes = match value {
                 serde_json::Value::String(s) => s.into_bytes(),
                 other => other.to_string().into_bytes(),
@@ -252,15 +254,16 @@ impl Client {
             attempt += 1;
             let failure = match self.call_once(&url, command, body, scrub, deadline).await {
                 Ok(bytes) => {
-                    return serde_json::from_slice(&bytes).map_err(|e| {
-                        ApiError::InvalidResponse {
-                            command: command.to_owned(),
-                            reason: format!("not the documented JSON ({})", e.classify_text()),
-                        }
+                    return serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidResponse {
+                        command: command.to_owned(),
+                        reason: format!("not the documented JSON ({})", e.classify_text()),
                     });
                 }
                 Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Retryable { reason, retry_after }) => (reason, retry_after),
+                Err(Attempt::Retryable {
+                    reason,
+                    retry_after,
+                }) => (reason, retry_after),
             };
             let (reason, retry_after) = failure;
             if attempt >= self.options.max_attempts.max(1) {

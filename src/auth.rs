@@ -88,9 +88,10 @@ impl Identity {
     /// The identity of a mount that calls `base`.
     pub fn new(base: Url, access: &AccessConfig) -> Result<Self, AuthError> {
         let credential = match access.access_type {
-            AccessType::AccessKey => access.access_key.clone().ok_or_else(|| {
-                AuthError::Missing("akeylessAccessKey is missing".to_owned())
-            })?,
+            AccessType::AccessKey => access
+                .access_key
+                .clone()
+                .ok_or_else(|| AuthError::Missing("akeylessAccessKey is missing".to_owned()))?,
             other => return Err(AuthError::Unsupported(other)),
         };
         let mut hash = Sha256::new();
@@ -181,7 +182,9 @@ impl Authenticator {
                 return Ok(token.clone());
             }
             if entries.len() >= self.inner.options.max_identities {
-                entries.retain(|_, e| e.login.is_some() || e.token.as_ref().is_some_and(|t| t.fresh()));
+                entries.retain(|_, e| {
+                    e.login.is_some() || e.token.as_ref().is_some_and(|t| t.fresh())
+                });
             }
             let entry = entries.entry(identity.key).or_default();
             match &entry.login {
@@ -295,7 +298,9 @@ mod tests {
     fn identities_differ_by_every_part() {
         let a = Url::parse("https://a").unwrap();
         let b = Url::parse("https://b").unwrap();
-        let k = |url: &Url, id: &str, key: &str| Identity::new(url.clone(), &access(id, key)).unwrap().key;
+        let k = |url: &Url, id: &str, key: &str| {
+            Identity::new(url.clone(), &access(id, key)).unwrap().key
+        };
         assert!(k(&a, "p-1", "x") == k(&a, "p-1", "x"));
         assert!(k(&a, "p-1", "x") != k(&b, "p-1", "x"));
         assert!(k(&a, "p-1", "x") != k(&a, "p-2", "x"));
@@ -306,7 +311,8 @@ mod tests {
 
     #[test]
     fn identity_debug_hides_the_credential() {
-        let id = Identity::new(Url::parse("https://a").unwrap(), &access("p-1", "hunter2")).unwrap();
+        let id =
+            Identity::new(Url::parse("https://a").unwrap(), &access("p-1", "hunter2")).unwrap();
         assert!(!format!("{id:?}").contains("hunter2"));
     }
 
@@ -324,10 +330,16 @@ mod tests {
         let default = Duration::from_secs(600);
         assert_eq!(lifetime(None, default), default);
         assert_eq!(lifetime(Some("garbage"), default), default);
-        assert_eq!(lifetime(Some("2000-01-01T00:00:00Z"), default), Duration::from_secs(1));
+        assert_eq!(
+            lifetime(Some("2000-01-01T00:00:00Z"), default),
+            Duration::from_secs(1)
+        );
         let soon = chrono::Utc::now() + chrono::Duration::seconds(300);
         let l = lifetime(Some(&soon.to_rfc3339()), default);
-        assert!(l > Duration::from_secs(290) && l <= Duration::from_secs(300), "{l:?}");
+        assert!(
+            l > Duration::from_secs(290) && l <= Duration::from_secs(300),
+            "{l:?}"
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub enum DemoError {
 
 /// Runs the demo, printing what happens to stdout.
 pub async fn run(args: &DemoArgs) -> Result<(), DemoError> {
-    let work = tempfile::Builder::new().prefix("akeyless-csi-demo").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("akeyless-csi-demo")
+        .tempdir()?;
     let socket = work.path().join("akeyless.sock");
     let out = match &args.out {
         Some(dir) => dir.clone(),
@@ -125,7 +127,9 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
     mount_cli::write_files(out, &first)?;
     print!("{}", indent(&mount_cli::describe(&first)));
     show_files(&first);
-    calls("one login; one batched read for the five objects at their latest version, one for the object pinned to version 1");
+    calls(
+        "one login; one batched read for the five objects at their latest version, one for the object pinned to version 1",
+    );
 
     println!("2. A rotation poll a minute later: same identity, nothing changed");
     let second = mount_cli::call(&mut client, request(&spc)?, TIMEOUT)
@@ -142,7 +146,11 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
         .map_err(|s| DemoError::Mount(s.message().to_owned()))?;
     mount_cli::write_files(out, &third)?;
     for (before, after) in second.object_version.iter().zip(&third.object_version) {
-        let mark = if before.version == after.version { "same   " } else { "CHANGED" };
+        let mark = if before.version == after.version {
+            "same   "
+        } else {
+            "CHANGED"
+        };
         println!("   {mark}  {}", after.id);
     }
     println!();
@@ -153,7 +161,9 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
         Ok(_) => println!("   (unexpectedly mounted)"),
         Err(status) => println!("   {:?}: {}\n", status.code(), status.message()),
     }
-    println!("All-or-nothing: that mount returned no files, and the pod's files stay as they were.");
+    println!(
+        "All-or-nothing: that mount returned no files, and the pod's files stay as they were."
+    );
     Ok(())
 }
 

@@ -136,7 +136,10 @@ pub fn build_request(
     attributes.insert(keys::POD_NAME.to_owned(), pod.name.clone());
     attributes.insert(keys::POD_NAMESPACE.to_owned(), namespace);
     attributes.insert(keys::POD_UID.to_owned(), pod.uid.clone());
-    attributes.insert(keys::SERVICE_ACCOUNT.to_owned(), pod.service_account.clone());
+    attributes.insert(
+        keys::SERVICE_ACCOUNT.to_owned(),
+        pod.service_account.clone(),
+    );
     attributes.insert("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned());
     if let Some(tokens) = tokens_json {
         attributes.insert(keys::SA_TOKENS.to_owned(), tokens.to_owned());
@@ -161,7 +164,10 @@ pub fn build_request(
 
 /// Reads nodePublishSecretRef data: a Secret YAML (`data` base64, `stringData`), a JSON
 /// object, or `KEY=VALUE` lines.
-pub fn read_secret_data(text: &str, path: &Path) -> Result<BTreeMap<String, String>, MountCliError> {
+pub fn read_secret_data(
+    text: &str,
+    path: &Path,
+) -> Result<BTreeMap<String, String>, MountCliError> {
     let input = |message: String| MountCliError::Input {
         path: path.to_owned(),
         message,
@@ -175,9 +181,11 @@ pub fn read_secret_data(text: &str, path: &Path) -> Result<BTreeMap<String, Stri
     }
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        return serde_json::from_str(trimmed).map_err(|e| input(format!("not a JSON object of strings ({e})")));
+        return serde_json::from_str(trimmed)
+            .map_err(|e| input(format!("not a JSON object of strings ({e})")));
     }
-    if let Ok(serde_norway::Value::Mapping(map)) = serde_norway::from_str::<serde_norway::Value>(text)
+    if let Ok(serde_norway::Value::Mapping(map)) =
+        serde_norway::from_str::<serde_norway::Value>(text)
         && map.contains_key("kind")
     {
         let secret: Secret = serde_norway::from_value(serde_norway::Value::Mapping(map))
@@ -214,7 +222,11 @@ pub async fn connect(socket: &Path) -> Result<CsiDriverProviderClient<Channel>, 
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
         }))
         .await
         .map_err(|source| MountCliError::Connect {
@@ -303,9 +315,9 @@ pub async fn run(args: &MountArgs) -> Result<i32, MountCliError> {
     };
     let mut extra = BTreeMap::new();
     for pair in &args.attributes {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| MountCliError::Usage(format!("--attribute {pair:?} is not KEY=VALUE")))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            MountCliError::Usage(format!("--attribute {pair:?} is not KEY=VALUE"))
+        })?;
         extra.insert(k.to_owned(), v.to_owned());
     }
     let pod = PodIdentity {
@@ -314,7 +326,14 @@ pub async fn run(args: &MountArgs) -> Result<i32, MountCliError> {
         uid: args.pod_uid.clone(),
         service_account: args.service_account.clone(),
     };
-    let request = build_request(&spc_yaml, &args.spc, &pod, &secrets, tokens.as_deref(), &extra)?;
+    let request = build_request(
+        &spc_yaml,
+        &args.spc,
+        &pod,
+        &secrets,
+        tokens.as_deref(),
+        &extra,
+    )?;
     let mut client = connect(&args.socket).await?;
     match call(&mut client, request, args.timeout).await {
         Ok(response) => {
@@ -362,14 +381,26 @@ spec:
     fn requests_are_built_like_the_driver_builds_them() {
         let secrets = BTreeMap::from([("akeylessAccessKey".to_owned(), "k".to_owned())]);
         let extra = BTreeMap::from([("akeylessAccessID".to_owned(), "p-override".to_owned())]);
-        let req = build_request(SPC, Path::new("spc.yaml"), &pod(), &secrets, None, &extra).unwrap();
+        let req =
+            build_request(SPC, Path::new("spc.yaml"), &pod(), &secrets, None, &extra).unwrap();
         let attrs: BTreeMap<String, String> = serde_json::from_str(&req.attributes).unwrap();
         assert_eq!(attrs["secretProviderClass"], "web");
         assert_eq!(attrs["csi.storage.k8s.io/pod.namespace"], "shop");
-        assert_eq!(attrs["akeylessAccessID"], "p-override", "volume attributes override");
+        assert_eq!(
+            attrs["akeylessAccessID"], "p-override",
+            "volume attributes override"
+        );
         assert_eq!(req.permission, "420");
         assert_eq!(req.secrets, r#"{"akeylessAccessKey":"k"}"#);
-        let none = build_request(SPC, Path::new("spc.yaml"), &pod(), &BTreeMap::new(), None, &BTreeMap::new()).unwrap();
+        let none = build_request(
+            SPC,
+            Path::new("spc.yaml"),
+            &pod(),
+            &BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(none.secrets, "null");
     }
 
@@ -396,6 +427,9 @@ spec:
             }],
             ..Default::default()
         };
-        assert!(matches!(write_files(dir.path(), &response), Err(MountCliError::UnsafePath(_))));
+        assert!(matches!(
+            write_files(dir.path(), &response),
+            Err(MountCliError::UnsafePath(_))
+        ));
     }
 }

@@ -205,7 +205,12 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
     let attributes = parse_attributes(&request.attributes, &mut problems);
     let secrets = parse_secrets(&request.secrets, &mut problems);
     let default_mode = parse_permission(&request.permission, &mut problems);
-    let attr = |key: &str| attributes.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let attr = |key: &str| {
+        attributes
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
 
     let gateway = attr(keys::GATEWAY_URL).and_then(|raw| match parse_gateway_url(raw) {
         Ok(url) => Some(url),
@@ -233,7 +238,10 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
             "{}: missing; set it to the Access ID of the Akeyless auth method (p-...)",
             keys::ACCESS_ID
         ));
-    } else if access_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    } else if access_id
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         problems.push(format!("{}: contains whitespace", keys::ACCESS_ID));
     }
 
@@ -474,14 +482,20 @@ fn validate_object(
     problems: &mut Vec<String>,
 ) -> Option<ObjectSpec> {
     let before = problems.len();
-    let secret_path = obj.secret_path.as_deref().map(str::trim).unwrap_or_default();
+    let secret_path = obj
+        .secret_path
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default();
     let label = if secret_path.is_empty() {
         format!("objects[{i}]")
     } else {
         format!("objects[{i}] ({secret_path})")
     };
     if secret_path.is_empty() {
-        problems.push(format!("{label}: secretPath is missing; set the full Akeyless item name"));
+        problems.push(format!(
+            "{label}: secretPath is missing; set the full Akeyless item name"
+        ));
     }
 
     // Without a fileName the item's last path element names the file.
@@ -498,20 +512,24 @@ fn validate_object(
         problems.push(format!("{label}: fileName {file_name:?} {why}"));
     }
 
-    let version = obj.version.and_then(|ScalarText(v)| match v.trim().parse::<u32>() {
-        Ok(0) => None,
-        Ok(n) => Some(n),
-        Err(_) => {
-            problems.push(format!(
-                "{label}: version {v:?} is not a positive item version (omit it for the latest)"
-            ));
-            None
-        }
-    });
+    let version = obj
+        .version
+        .and_then(|ScalarText(v)| match v.trim().parse::<u32>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => {
+                problems.push(format!(
+                    "{label}: version {v:?} is not a positive item version (omit it for the latest)"
+                ));
+                None
+            }
+        });
 
     let property = match obj.property.map(|p| p.trim().to_owned()) {
         Some(p) if p.is_empty() => {
-            problems.push(format!("{label}: property is empty; remove it or name a key"));
+            problems.push(format!(
+                "{label}: property is empty; remove it or name a key"
+            ));
             None
         }
         other => other,
@@ -583,7 +601,9 @@ fn check_file_name(name: &str) -> Result<(), String> {
             return Err("starts with \"..\", which the driver reserves".to_owned());
         }
         if element.len() > MAX_ELEMENT_BYTES {
-            return Err(format!("has an element longer than {MAX_ELEMENT_BYTES} bytes"));
+            return Err(format!(
+                "has an element longer than {MAX_ELEMENT_BYTES} bytes"
+            ));
         }
     }
     Ok(())
@@ -603,7 +623,14 @@ fn check_file_name_clashes(objects: &[ObjectSpec], problems: &mut Vec<String>) {
     let names: BTreeSet<&str> = seen.keys().copied().collect();
     for name in &names {
         let mut prefix = String::new();
-        for element in name.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for element in name
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
@@ -667,7 +694,10 @@ mod tests {
         assert_eq!(cfg.objects.len(), 2);
         assert_eq!(cfg.objects[0].file_name, "local-secret-filename");
         assert_eq!(cfg.objects[0].mode, 0o644);
-        assert_eq!(cfg.objects[0].id(), "local-secret-filename:/full/path/to/secret/item");
+        assert_eq!(
+            cfg.objects[0].id(),
+            "local-secret-filename:/full/path/to/secret/item"
+        );
         assert_eq!(cfg.pod.namespace, "shop");
         assert_eq!(cfg.spc_name.as_deref(), Some("nginx"));
     }
@@ -685,7 +715,10 @@ mod tests {
         let cfg = parse(&req).unwrap();
         assert!(cfg.gateway.is_none());
         assert_eq!(cfg.access.access_key.unwrap().expose(), "inline");
-        assert_eq!(cfg.objects[0].file_name, "b", "fileName defaults to the last element");
+        assert_eq!(
+            cfg.objects[0].file_name, "b",
+            "fileName defaults to the last element"
+        );
     }
 
     #[test]
@@ -706,7 +739,8 @@ mod tests {
 
     #[test]
     fn azure_array_form_is_accepted() {
-        let objects = "array:\n  - |\n    secretPath: /a\n    fileName: a\n  - |\n    secretPath: /b\n";
+        let objects =
+            "array:\n  - |\n    secretPath: /a\n    fileName: a\n  - |\n    secretPath: /b\n";
         let req = request(
             &[("akeylessAccessID", "p-1"), ("objects", objects)],
             r#"{"akeylessAccessKey":"k"}"#,
@@ -747,14 +781,23 @@ mod tests {
     #[test]
     fn bad_yaml_names_its_line_and_unknown_fields_are_refused() {
         let req = request(
-            &[("akeylessAccessID", "p-1"), ("objects", "- secretPath: /a\n  fileName: [oops\n")],
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("objects", "- secretPath: /a\n  fileName: [oops\n"),
+            ],
             r#"{"akeylessAccessKey":"k"}"#,
         );
         let msg = parse(&req).unwrap_err().to_string();
-        assert!(msg.contains("objects: not a YAML list") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.contains("objects: not a YAML list") && msg.contains("line 2"),
+            "{msg}"
+        );
 
         let req = request(
-            &[("akeylessAccessID", "p-1"), ("objects", "- secretPath: /a\n  filename: a\n")],
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("objects", "- secretPath: /a\n  filename: a\n"),
+            ],
             r#"{"akeylessAccessKey":"k"}"#,
         );
         let msg = parse(&req).unwrap_err().to_string();
@@ -809,7 +852,10 @@ mod tests {
         };
         let msg = parse(&req).unwrap_err().to_string();
         assert!(msg.contains("attributes: not a JSON object"), "{msg}");
-        assert!(msg.contains("secrets: the nodePublishSecretRef data"), "{msg}");
+        assert!(
+            msg.contains("secrets: the nodePublishSecretRef data"),
+            "{msg}"
+        );
         assert!(msg.contains("permission: \"0x1a4\""), "{msg}");
         assert!(!msg.contains("hunter2"));
     }
@@ -836,7 +882,10 @@ mod tests {
             r#"{"akeylessAccessKey":"k"}"#,
         );
         let cfg = parse(&req).unwrap();
-        assert_eq!(cfg.pod.tokens["akeyless"].token.expose(), "eyJhbGciOi.secret");
+        assert_eq!(
+            cfg.pod.tokens["akeyless"].token.expose(),
+            "eyJhbGciOi.secret"
+        );
         assert!(!format!("{cfg:?}").contains("eyJhbGciOi"));
         assert!(!format!("{cfg:?}").contains("\"k\""));
     }

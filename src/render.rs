@@ -176,9 +176,8 @@ pub fn render(
 /// then as a dotted path whose segments are object keys or array indices (`a.b`, `a[0].b`,
 /// `a.0.b`; `\.` escapes a dot). Strings are written raw, anything else as JSON.
 fn select_property(value: &[u8], path: &str) -> Result<SecretBytes, String> {
-    let json: serde_json::Value = serde_json::from_slice(value).map_err(|_| {
-        format!("property {path:?} was requested but the value is not JSON")
-    })?;
+    let json: serde_json::Value = serde_json::from_slice(value)
+        .map_err(|_| format!("property {path:?} was requested but the value is not JSON"))?;
     let found = match json.get(path) {
         Some(v) => Some(v),
         None => walk(&json, &split_path(path)),
@@ -220,7 +219,10 @@ fn split_path(path: &str) -> Vec<String> {
     segments
 }
 
-fn walk<'a>(mut value: &'a serde_json::Value, segments: &[String]) -> Option<&'a serde_json::Value> {
+fn walk<'a>(
+    mut value: &'a serde_json::Value,
+    segments: &[String],
+) -> Option<&'a serde_json::Value> {
     for segment in segments {
         value = match value {
             serde_json::Value::Object(map) => map.get(segment)?,
@@ -301,20 +303,33 @@ mod tests {
         assert_eq!(out.versions[0].id, "a:/a");
 
         let again = render(&objs, &values(&[("/a", "one"), ("/b", "two")]), &key).unwrap();
-        assert_eq!(out.versions, again.versions, "stable while content is unchanged");
+        assert_eq!(
+            out.versions, again.versions,
+            "stable while content is unchanged"
+        );
         let changed = render(&objs, &values(&[("/a", "ONE"), ("/b", "two")]), &key).unwrap();
         assert_ne!(out.versions[0], changed.versions[0]);
         assert_eq!(out.versions[1], changed.versions[1]);
 
-        let other_key = render(&objs, &values(&[("/a", "one"), ("/b", "two")]), &VersionKey::random()).unwrap();
-        assert_ne!(out.versions[0], other_key.versions[0], "keyed, not a plain hash");
+        let other_key = render(
+            &objs,
+            &values(&[("/a", "one"), ("/b", "two")]),
+            &VersionKey::random(),
+        )
+        .unwrap();
+        assert_ne!(
+            out.versions[0], other_key.versions[0],
+            "keyed, not a plain hash"
+        );
         assert!(!out.versions[0].version.contains("one"));
     }
 
     #[test]
     fn properties() {
         let doc = br#"{"db":{"user":"app","ports":[5432,5433],"tls":{"on":true}},"a.b":"dotted","list":[{"k":"v"}]}"#;
-        let get = |p: &str| select_property(doc, p).map(|b| String::from_utf8(b.expose().to_vec()).unwrap());
+        let get = |p: &str| {
+            select_property(doc, p).map(|b| String::from_utf8(b.expose().to_vec()).unwrap())
+        };
         assert_eq!(get("db.user").unwrap(), "app");
         assert_eq!(get("db.ports[1]").unwrap(), "5433");
         assert_eq!(get("db.ports.0").unwrap(), "5432");
@@ -322,8 +337,16 @@ mod tests {
         assert_eq!(get("a.b").unwrap(), "dotted");
         assert_eq!(get(r"a\.b").unwrap(), "dotted");
         assert_eq!(get("list[0].k").unwrap(), "v");
-        assert!(get("db.password").unwrap_err().contains("\"db.password\" is not in the value"));
-        assert!(select_property(b"plain text", "x").unwrap_err().contains("not JSON"));
+        assert!(
+            get("db.password")
+                .unwrap_err()
+                .contains("\"db.password\" is not in the value")
+        );
+        assert!(
+            select_property(b"plain text", "x")
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 
     #[test]
@@ -340,7 +363,10 @@ mod tests {
         let mut o = object("/cfg", "cfg");
         o.property = Some("nope".into());
         let err = render(&[o], &values(&[("/cfg", "{}")]), &VersionKey::random()).unwrap_err();
-        assert_eq!(err.to_string(), "object cfg (/cfg): property \"nope\" is not in the value");
+        assert_eq!(
+            err.to_string(),
+            "object cfg (/cfg): property \"nope\" is not in the value"
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ impl Provider {
             .gateway
             .clone()
             .unwrap_or_else(|| self.inner.options.default_url.clone());
-        let identity = Identity::new(base, &config.access).map_err(|e| MountError::from_auth(e, config))?;
+        let identity =
+            Identity::new(base, &config.access).map_err(|e| MountError::from_auth(e, config))?;
         let values = self.fetch(&identity, config, deadline).await?;
         let rendered = render::render(&config.objects, &values, &self.inner.version_key)?;
         Ok(MountResponse {
@@ -127,7 +128,10 @@ impl Provider {
                 .token(identity, deadline)
                 .await
                 .map_err(|e| MountError::from_auth(e, config))?;
-            match self.fetch_batches(identity, &token, &batches, deadline).await {
+            match self
+                .fetch_batches(identity, &token, &batches, deadline)
+                .await
+            {
                 Ok(values) => return Ok(values),
                 Err(ApiError::Unauthorized { .. }) if !retried => {
                     // The token may have expired early or been revoked: log in again once.
@@ -174,7 +178,11 @@ impl Provider {
     /// with our own clear error before the driver gives up, and never longer than our bound.
     fn deadline(&self, metadata: &tonic::metadata::MetadataMap) -> Deadline {
         let bound = self.inner.options.mount_timeout;
-        let budget = match metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
+        let budget = match metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
             Some(caller) => {
                 let margin = (caller / 10).min(Duration::from_secs(2));
                 caller.saturating_sub(margin).min(bound)
@@ -353,7 +361,9 @@ impl MountError {
             AuthError::DeadlineExceeded => Self::DeadlineExceeded(format!(
                 "the login of {who} did not finish before the mount's deadline; check that the Akeyless URL is reachable from the node"
             )),
-            AuthError::Internal => Self::Internal(format!("the login of {who} failed unexpectedly")),
+            AuthError::Internal => {
+                Self::Internal(format!("the login of {who} failed unexpectedly"))
+            }
             AuthError::Api(api) => match api {
                 ApiError::Unauthorized { message, .. } => Self::LoginRejected(format!(
                     "Akeyless rejected the login of {who}: check akeylessAccessID and the access key \
@@ -365,9 +375,11 @@ impl MountError {
                 ApiError::Unavailable { .. } | ApiError::InvalidResponse { .. } => {
                     Self::Unavailable(format!("cannot log in {who}: {api}"))
                 }
-                ApiError::NotFound { .. } | ApiError::Rejected { .. } => Self::LoginRejected(format!(
-                    "Akeyless refused the login of {who}; check akeylessGatewayURL points at the API (e.g. https://api.akeyless.io or https://<gateway>:8000/api/v2): {api}"
-                )),
+                ApiError::NotFound { .. } | ApiError::Rejected { .. } => {
+                    Self::LoginRejected(format!(
+                        "Akeyless refused the login of {who}; check akeylessGatewayURL points at the API (e.g. https://api.akeyless.io or https://<gateway>:8000/api/v2): {api}"
+                    ))
+                }
             },
         }
     }
@@ -389,14 +401,16 @@ impl MountError {
                     .max_by_key(|n| n.len())
                     .map(|n| format!("item {n} does not exist"))
                     .unwrap_or_else(|| format!("one of the items {items} does not exist"));
-                Self::NotFound(format!("{missing}: check secretPath in objects [{message}]"))
+                Self::NotFound(format!(
+                    "{missing}: check secretPath in objects [{message}]"
+                ))
             }
             ApiError::DeadlineExceeded { .. } => Self::DeadlineExceeded(format!(
                 "reading {items} did not finish before the mount's deadline"
             )),
-            ApiError::Unavailable { .. } | ApiError::InvalidResponse { .. } => {
-                Self::Unavailable(format!("cannot read {items} from {}: {error}", identity.base))
-            }
+            ApiError::Unavailable { .. } | ApiError::InvalidResponse { .. } => Self::Unavailable(
+                format!("cannot read {items} from {}: {error}", identity.base),
+            ),
             ApiError::Rejected { .. } => {
                 Self::Rejected(format!("Akeyless refused reading {items}: {error}"))
             }
@@ -411,9 +425,15 @@ mod tests {
     #[test]
     fn grpc_timeouts() {
         assert_eq!(parse_grpc_timeout("120S"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("1999m"), Some(Duration::from_millis(1999)));
+        assert_eq!(
+            parse_grpc_timeout("1999m"),
+            Some(Duration::from_millis(1999))
+        );
         assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("99999999H").map(|d| d.as_secs()), Some(99_999_999 * 3600));
+        assert_eq!(
+            parse_grpc_timeout("99999999H").map(|d| d.as_secs()),
+            Some(99_999_999 * 3600)
+        );
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("12x"), None);
         assert_eq!(parse_grpc_timeout("123456789S"), None);

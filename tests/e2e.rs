@@ -33,7 +33,9 @@ async fn version_answers_and_the_socket_is_owner_only() {
     let h = Harness::start(seed(1)).await;
     let mode = std::fs::metadata(&h.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let mut client = akeyless_csi_provider::mount_cli::connect(&h.socket).await.unwrap();
+    let mut client = akeyless_csi_provider::mount_cli::connect(&h.socket)
+        .await
+        .unwrap();
     let v = client
         .version(VersionRequest {
             version: "v1alpha1".into(),
@@ -72,20 +74,32 @@ async fn n_objects_cost_one_batched_read_and_a_second_mount_no_login() {
     let v1 = versions(&first);
     assert_eq!(v1.len(), N + 3, "one version per object");
     assert!(v1.contains_key("file-0:/e2e/item-0"));
-    assert!(v1.values().all(|v| !v.is_empty() && !v.contains("SECRETMARK")));
+    assert!(
+        v1.values()
+            .all(|v| !v.is_empty() && !v.contains("SECRETMARK"))
+    );
 
     assert_eq!(h.akeyless.calls("/auth"), 1);
-    assert_eq!(h.akeyless.calls("/get-secret-value"), 1, "one batched read for every object");
+    assert_eq!(
+        h.akeyless.calls("/get-secret-value"),
+        1,
+        "one batched read for every object"
+    );
     assert_eq!(h.akeyless.calls("/describe-item"), 0);
 
     // A rotation poll: cached token, same versions.
     let second = h.mount(req.clone()).await.expect("second mount");
     assert_eq!(h.akeyless.calls("/auth"), 1, "the token is reused");
     assert_eq!(h.akeyless.calls("/get-secret-value"), 2);
-    assert_eq!(versions(&second), v1, "versions are stable while content is unchanged");
+    assert_eq!(
+        versions(&second),
+        v1,
+        "versions are stable while content is unchanged"
+    );
 
     // A rotated item changes its version only.
-    h.akeyless.put_secret("/e2e/item-3", "rotated-value-SECRETMARK");
+    h.akeyless
+        .put_secret("/e2e/item-3", "rotated-value-SECRETMARK");
     let third = h.mount(req.clone()).await.expect("third mount");
     let v3 = versions(&third);
     for (id, version) in &v1 {
@@ -123,25 +137,40 @@ async fn pinned_versions_and_gateway_url_from_the_spc() {
     let got = files(&response);
     assert_eq!(got["latest"].1, b"versioned-two-2b");
     assert_eq!(got["first"].1, b"versioned-one-1a");
-    assert_eq!(h.akeyless.calls("/get-secret-value"), 2, "one read per distinct version");
+    assert_eq!(
+        h.akeyless.calls("/get-secret-value"),
+        2,
+        "one read per distinct version"
+    );
 }
 
 #[tokio::test]
 async fn invalid_inputs_are_refused_and_the_daemon_keeps_serving() {
     let mut h = Harness::start(seed(2)).await;
     let good = go_style_request(&objects(2));
-    let cases: Vec<(&str, akeyless_csi_provider::proto::v1alpha1::MountRequest, &[&str])> = vec![
+    let cases: Vec<(
+        &str,
+        akeyless_csi_provider::proto::v1alpha1::MountRequest,
+        &[&str],
+    )> = vec![
         (
             "unknown access type",
             request(
-                &[("akeylessAccessID", ACCESS_ID), ("akeylessAccessType", "telepathy"), ("objects", &objects(1))],
+                &[
+                    ("akeylessAccessID", ACCESS_ID),
+                    ("akeylessAccessType", "telepathy"),
+                    ("objects", &objects(1)),
+                ],
                 Some(&[("akeylessAccessKey", ACCESS_KEY)]),
             ),
             &["akeylessAccessType", "telepathy"],
         ),
         (
             "no objects",
-            request(&[("akeylessAccessID", ACCESS_ID)], Some(&[("akeylessAccessKey", ACCESS_KEY)])),
+            request(
+                &[("akeylessAccessID", ACCESS_ID)],
+                Some(&[("akeylessAccessKey", ACCESS_KEY)]),
+            ),
             &["objects: missing"],
         ),
         (
@@ -151,7 +180,9 @@ async fn invalid_inputs_are_refused_and_the_daemon_keeps_serving() {
         ),
         (
             "duplicate file names",
-            go_style_request("- secretPath: /e2e/item-0\n  fileName: same\n- secretPath: /e2e/item-1\n  fileName: same\n"),
+            go_style_request(
+                "- secretPath: /e2e/item-0\n  fileName: same\n- secretPath: /e2e/item-1\n  fileName: same\n",
+            ),
             &["fileName \"same\" is used by both"],
         ),
         (
@@ -171,18 +202,27 @@ async fn invalid_inputs_are_refused_and_the_daemon_keeps_serving() {
         ),
         (
             "over-long element",
-            go_style_request(&format!("- secretPath: /e2e/item-0\n  fileName: {}\n", "n".repeat(256))),
+            go_style_request(&format!(
+                "- secretPath: /e2e/item-0\n  fileName: {}\n",
+                "n".repeat(256)
+            )),
             &["longer than 255 bytes"],
         ),
         (
             "bad mode",
-            go_style_request("- secretPath: /e2e/item-0\n  fileName: a\n  filePermission: \"0888\"\n"),
+            go_style_request(
+                "- secretPath: /e2e/item-0\n  fileName: a\n  filePermission: \"0888\"\n",
+            ),
             &["filePermission \"0888\""],
         ),
         (
             "bad URL",
             request(
-                &[("akeylessGatewayURL", "gw.example:8000"), ("akeylessAccessID", ACCESS_ID), ("objects", &objects(1))],
+                &[
+                    ("akeylessGatewayURL", "gw.example:8000"),
+                    ("akeylessAccessID", ACCESS_ID),
+                    ("objects", &objects(1)),
+                ],
                 Some(&[("akeylessAccessKey", ACCESS_KEY)]),
             ),
             &["akeylessGatewayURL"],
@@ -195,26 +235,56 @@ async fn invalid_inputs_are_refused_and_the_daemon_keeps_serving() {
     ];
     for (what, req, needles) in cases {
         let status = h.mount(req).await.expect_err(what);
-        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            status.message()
+        );
         for needle in needles {
-            assert!(status.message().contains(needle), "{what}: {needle:?} not in {:?}", status.message());
+            assert!(
+                status.message().contains(needle),
+                "{what}: {needle:?} not in {:?}",
+                status.message()
+            );
         }
         assert!(!status.message().contains(ACCESS_KEY));
-        h.mount(good.clone()).await.unwrap_or_else(|s| panic!("after {what}: {s:?}"));
+        h.mount(good.clone())
+            .await
+            .unwrap_or_else(|s| panic!("after {what}: {s:?}"));
     }
 
     // A missing item: NotFound naming it; nothing else is returned.
-    let missing = go_style_request("- secretPath: /e2e/item-0\n  fileName: a\n- secretPath: /e2e/nope\n  fileName: b\n");
+    let missing = go_style_request(
+        "- secretPath: /e2e/item-0\n  fileName: a\n- secretPath: /e2e/nope\n  fileName: b\n",
+    );
     let status = h.mount(missing).await.expect_err("missing item");
     assert_eq!(status.code(), Code::NotFound, "{}", status.message());
-    assert!(status.message().contains("item /e2e/nope does not exist"), "{}", status.message());
-    assert!(status.message().contains("SecretProviderClass shop/e2e-spc"), "{}", status.message());
+    assert!(
+        status.message().contains("item /e2e/nope does not exist"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("SecretProviderClass shop/e2e-spc"),
+        "{}",
+        status.message()
+    );
 
     // A property that is not there: the object and the path are named.
-    let bad_property = go_style_request("- secretPath: /e2e/json\n  fileName: x\n  property: db.nope\n");
+    let bad_property =
+        go_style_request("- secretPath: /e2e/json\n  fileName: x\n  property: db.nope\n");
     let status = h.mount(bad_property).await.expect_err("bad property");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("object x (/e2e/json): property \"db.nope\""), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("object x (/e2e/json): property \"db.nope\""),
+        "{}",
+        status.message()
+    );
 
     assert!(h.provider_alive());
     h.mount(good).await.expect("still serving");
@@ -235,7 +305,12 @@ async fn tokens_are_renewed_once_on_401_and_permissions_are_reported() {
     // An item the identity may not read: 401 even after a fresh login → PermissionDenied.
     let denied = go_style_request("- secretPath: /other/item\n  fileName: x\n");
     let status = h.mount(denied).await.expect_err("denied");
-    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
     assert!(status.message().contains(ACCESS_ID) && status.message().contains("/other/item"));
 
     // Wrong key: the login is rejected.
@@ -273,7 +348,11 @@ async fn transient_failures_are_retried_and_persistent_ones_reported() {
     });
     let status = h.mount(req.clone()).await.expect_err("persistent 500");
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
-    assert!(status.message().contains("/e2e/item-0"), "{}", status.message());
+    assert!(
+        status.message().contains("/e2e/item-0"),
+        "{}",
+        status.message()
+    );
     h.akeyless.clear_faults();
     h.mount(req).await.expect("recovers");
 }
@@ -293,9 +372,21 @@ async fn a_hanging_backend_ends_inside_the_callers_deadline() {
         .mount_with_timeout(req, Duration::from_secs(3))
         .await
         .expect_err("hangs");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered before the deadline");
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
-    assert!(status.message().contains("/e2e/item-0"), "{}", status.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered before the deadline"
+    );
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("/e2e/item-0"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -329,7 +420,9 @@ async fn logs_at_trace_level_hold_no_secret_material() {
     // No Akeyless token either (`t-` + 32 hex digits).
     let token_like = logs
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
-        .any(|w| w.len() == 34 && w.starts_with("t-") && w[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        .any(|w| {
+            w.len() == 34 && w.starts_with("t-") && w[2..].chars().all(|c| c.is_ascii_hexdigit())
+        });
     assert!(!token_like, "an Akeyless token leaked into the logs");
 }
 
@@ -340,8 +433,18 @@ async fn the_demo_command_runs() {
         .output()
         .expect("demo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("versions unchanged: true"), "{stdout}");
-    assert!(stdout.contains("CHANGED  db-password:/demo/db/password"), "{stdout}");
-    assert!(stdout.contains("item /demo/db/passwrd does not exist"), "{stdout}");
+    assert!(
+        stdout.contains("CHANGED  db-password:/demo/db/password"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("item /demo/db/passwrd does not exist"),
+        "{stdout}"
+    );
 }

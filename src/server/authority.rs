@@ -52,6 +52,8 @@ pub struct AuthorityFix<S> {
     phase: Phase,
     /// Client bytes read but not processed yet (a partial frame header plus at most one read).
     input: Vec<u8>,
+    /// Where client bytes are read to before they join `input`; allocated on first use.
+    scratch: Option<Box<[u8]>>,
     /// Processed bytes not yet handed to the server, from `out_pos` on.
     out: Vec<u8>,
     out_pos: usize,
@@ -123,6 +125,7 @@ impl<S> AuthorityFix<S> {
             inner,
             phase: Phase::Preface { matched: 0 },
             input: Vec::new(),
+            scratch: None,
             out: Vec::new(),
             out_pos: 0,
             block: None,
@@ -352,13 +355,13 @@ impl<S> AuthorityFix<S> {
 impl<S: AsyncRead + Unpin> AuthorityFix<S> {
     /// Reads from the client into `input`; `Ok(0)` means EOF.
     fn fill_input(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let mut buf = ReadBuf::new(&mut self.input[start..]);
-        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
-        let n = buf.filled().len();
-        self.input.truncate(start + n);
-        polled.map_ok(|()| n)
+        let scratch = self
+            .scratch
+            .get_or_insert_with(|| vec![0; READ_CHUNK].into_boxed_slice());
+        let mut buf = ReadBuf::new(scratch);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        self.input.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
     }
 
     /// Reads at most `limit` client bytes straight into the caller's buffer.
@@ -368,8 +371,13 @@ impl<S: AsyncRead + Unpin> AuthorityFix<S> {
         buf: &mut ReadBuf<'_>,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
-        let want = buf.remaining().min(limit);
-        let mut direct = ReadBuf::new(buf.initialize_unfilled_to(want));
+        let before = buf.filled().len();
+        if buf.remaining() <= limit {
+            ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            return Poll::Ready(Ok(buf.filled().len() - before));
+        }
+        // Without `unsafe`, a shorter view of the caller's buffer must be initialized first.
+        let mut direct = ReadBuf::new(buf.initialize_unfilled_to(limit));
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut direct))?;
         let n = direct.filled().len();
         buf.advance(n);
@@ -447,8 +455,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             if ready!(this.fill_input(cx))? == 0 {
                 this.on_eof();
-            } else if this.input.capacity() > KEEP_CAPACITY {
-                this.input.shrink_to(KEEP_CAPACITY);
             }
         }
     }
@@ -904,7 +910,11 @@ mod tests {
         }
 
         async fn send(&mut self, frames: &[Vec<u8>]) {
-            self.stream.write_all(&frames.concat()).await.unwrap();
+            self.try_send(frames).await.unwrap();
+        }
+
+        async fn try_send(&mut self, frames: &[Vec<u8>]) -> io::Result<()> {
+            self.stream.write_all(&frames.concat()).await
         }
 
         async fn read_frame(&mut self) -> Option<RawFrame> {
@@ -943,10 +953,12 @@ mod tests {
                     .ok_or("connection closed before the response ended")?;
                 match frame.kind {
                     SETTINGS if frame.flags & 1 == 0 => {
-                        self.send(&[self::frame(SETTINGS, 1, 0, &[])]).await;
+                        let _ = self.try_send(&[self::frame(SETTINGS, 1, 0, &[])]).await;
                     }
                     0x6 if frame.flags & 1 == 0 => {
-                        self.send(&[self::frame(0x6, 1, 0, &frame.payload)]).await;
+                        let _ = self
+                            .try_send(&[self::frame(0x6, 1, 0, &frame.payload)])
+                            .await;
                     }
                     0x7 => return Err(format!("GOAWAY {:?}", frame.payload)),
                     0x3 if frame.stream_id == stream_id => {
@@ -1156,7 +1168,7 @@ mod tests {
         let mut garbage = frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0x7f]);
         garbage.extend(frame(HEADERS, PADDED, 3, &[200, 1, 2]));
         garbage.extend([0xff; 64]);
-        conn.send(&[garbage]).await;
+        let _ = conn.try_send(&[garbage]).await;
         assert!(within(conn.response(1)).await.is_err());
         // The server still serves other connections.
         let mut conn = RawConn::open(&path).await;

@@ -32,7 +32,9 @@ pub fn seed(n: usize) -> Seed {
         "  - name: /e2e/json\n    format: json\n    value: '{\"db\":{\"user\":\"app\",\"password\":\"json-secret-77aa\"},\"port\":5432}'\n",
     );
     yaml.push_str("  - name: /e2e/b64\n    value: \"aGVsbG8gYmluYXJ5IHdvcmxk\"\n");
-    yaml.push_str("  - name: /e2e/versioned\n    versions: [\"versioned-one-1a\", \"versioned-two-2b\"]\n");
+    yaml.push_str(
+        "  - name: /e2e/versioned\n    versions: [\"versioned-one-1a\", \"versioned-two-2b\"]\n",
+    );
     yaml.push_str("  - name: /other/item\n    value: \"other-secret-0c0c\"\n");
     Seed::from_yaml(&yaml).expect("test seed parses")
 }
@@ -133,7 +135,8 @@ impl Harness {
 
     /// Sends a Mount the way the driver does, with a 2-minute deadline.
     pub async fn mount(&self, request: MountRequest) -> Result<MountResponse, tonic::Status> {
-        self.mount_with_timeout(request, Duration::from_secs(120)).await
+        self.mount_with_timeout(request, Duration::from_secs(120))
+            .await
     }
 
     pub async fn mount_with_timeout(
@@ -182,11 +185,16 @@ pub fn request(params: &[(&str, &str)], secrets: Option<&[(&str, &str)]>) -> Mou
         ("secretProviderClass", "e2e-spc"),
         ("csi.storage.k8s.io/pod.name", "web-1"),
         ("csi.storage.k8s.io/pod.namespace", "shop"),
-        ("csi.storage.k8s.io/pod.uid", "3f1c2e9a-0000-4000-8000-000000000001"),
+        (
+            "csi.storage.k8s.io/pod.uid",
+            "3f1c2e9a-0000-4000-8000-000000000001",
+        ),
         ("csi.storage.k8s.io/serviceAccount.name", "web"),
         ("csi.storage.k8s.io/ephemeral", "true"),
     ] {
-        attributes.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+        attributes
+            .entry(k.to_owned())
+            .or_insert_with(|| v.to_owned());
     }
     let secrets = match secrets {
         None => "null".to_owned(),
@@ -201,7 +209,8 @@ pub fn request(params: &[(&str, &str)], secrets: Option<&[(&str, &str)]>) -> Mou
     MountRequest {
         attributes: serde_json::to_string(&attributes).unwrap(),
         secrets,
-        target_path: "/var/lib/kubelet/pods/3f1c2e9a/volumes/kubernetes.io~csi/secrets/mount".into(),
+        target_path: "/var/lib/kubelet/pods/3f1c2e9a/volumes/kubernetes.io~csi/secrets/mount"
+            .into(),
         permission: "420".into(),
         current_object_version: vec![],
     }
