@@ -123,6 +123,14 @@ impl Harness {
         }
     }
 
+    /// SIGKILL, as a crash or an OOM kill would: the socket file stays behind.
+    pub fn kill_provider(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Whether the provider process is still running.
     pub fn provider_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
