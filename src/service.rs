@@ -78,11 +78,22 @@ impl Provider {
         request: &MountRequest,
         deadline: Deadline,
     ) -> Result<MountResponse, MountError> {
+        let started = Instant::now();
         let config = params::parse(request)?;
-        let context = Context::of(&config);
-        self.mount_config(&config, deadline)
+        let response = self
+            .mount_config(&config, deadline)
             .await
-            .map_err(|e| e.within(context))
+            .map_err(|e| e.within(Context::of(&config)))?;
+        tracing::info!(
+            pod.namespace = %config.pod.namespace,
+            pod.name = %config.pod.name,
+            pod.uid = %config.pod.uid,
+            spc = config.spc_name.as_deref().unwrap_or(""),
+            objects = response.object_version.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "mount succeeded"
+        );
+        Ok(response)
     }
 
     async fn mount_config(
@@ -221,14 +232,7 @@ impl CsiDriverProvider for Provider {
             .unwrap_or_else(|_| Err(MountError::Internal("the mount panicked".to_owned())));
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match outcome {
-            Ok(response) => {
-                tracing::info!(
-                    objects = response.object_version.len(),
-                    elapsed_ms,
-                    "mount succeeded"
-                );
-                Ok(Response::new(response))
-            }
+            Ok(response) => Ok(Response::new(response)),
             Err(error) => {
                 let status = error.to_status();
                 tracing::warn!(code = ?status.code(), elapsed_ms, error = %status.message(), "mount failed");

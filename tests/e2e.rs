@@ -461,17 +461,25 @@ async fn sigterm_drains_in_flight_mounts_then_removes_the_socket() {
     });
     let socket = h.socket.clone();
     let in_flight = tokio::spawn(async move {
-        let mut client = akeyless_csi_provider::mount_cli::connect(&socket).await.unwrap();
+        let mut client = akeyless_csi_provider::mount_cli::connect(&socket)
+            .await
+            .unwrap();
         akeyless_csi_provider::mount_cli::call(&mut client, req, Duration::from_secs(30)).await
     });
     // Let the mount reach the (slow) backend, then ask the provider to stop.
     let started = Instant::now();
     while h.akeyless.calls("/get-secret-value") < 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the mount never reached Akeyless");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the mount never reached Akeyless"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(h.stop_provider().await, Some(0));
-    let response = in_flight.await.unwrap().expect("the in-flight mount completes during the drain");
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight mount completes during the drain");
     assert_eq!(files(&response)["file-0"].1, secret_value(0).into_bytes());
     assert!(!h.socket.exists(), "the socket is gone after shutdown");
 }
@@ -480,7 +488,12 @@ async fn sigterm_drains_in_flight_mounts_then_removes_the_socket() {
 async fn a_crashed_providers_stale_socket_is_replaced() {
     let mut h = Harness::start(seed(1)).await;
     h.kill_provider();
-    assert!(h.socket.exists(), "a killed provider leaves its socket behind");
+    assert!(
+        h.socket.exists(),
+        "a killed provider leaves its socket behind"
+    );
     h.spawn_provider().await;
-    h.mount(go_style_request(&objects(1))).await.expect("the restarted provider serves");
+    h.mount(go_style_request(&objects(1)))
+        .await
+        .expect("the restarted provider serves");
 }

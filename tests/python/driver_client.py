@@ -94,6 +94,36 @@ def mount_request(pb2, path):
     return request
 
 
+def call(pb2, stub, args, request):
+    """One RPC; returns the JSON-ready result."""
+    options = {"timeout": args.timeout, "wait_for_ready": args.wait_for_ready}
+    try:
+        if args.method == "Version":
+            reply = stub.Version(pb2.VersionRequest(version="v1alpha1"), **options)
+            response = {
+                "version": reply.version,
+                "runtime_name": reply.runtime_name,
+                "runtime_version": reply.runtime_version,
+            }
+        else:
+            reply = stub.Mount(request, **options)
+            response = {
+                "object_version": [{"id": v.id, "version": v.version} for v in reply.object_version],
+                "error_code": reply.error.code,
+                "files": [
+                    {
+                        "path": f.path,
+                        "mode": f.mode,
+                        "contents_b64": base64.b64encode(f.contents).decode("ascii"),
+                    }
+                    for f in reply.files
+                ],
+            }
+        return {"ok": True, "response": response}
+    except grpc.RpcError as error:
+        return {"ok": False, "code": error.code().name, "details": error.details() or ""}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="path of the provider's unix socket")
@@ -106,6 +136,13 @@ def main():
     parser.add_argument("--request", help="JSON file with the MountRequest fields")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="make the call this many times on one channel (one HTTP/2 connection); the first "
+        "failure, or else the last response, is printed",
+    )
+    parser.add_argument(
         "--wait-for-ready",
         action="store_true",
         help="wait for the socket like the driver's service config does, instead of failing fast",
@@ -116,35 +153,13 @@ def main():
     options = [("grpc.default_authority", args.authority)]
     with grpc.insecure_channel("unix:" + args.socket, options=options) as channel:
         stub = pb2_grpc.CSIDriverProviderStub(channel)
-        call = {"timeout": args.timeout, "wait_for_ready": args.wait_for_ready}
-        try:
-            if args.method == "Version":
-                reply = stub.Version(pb2.VersionRequest(version="v1alpha1"), **call)
-                response = {
-                    "version": reply.version,
-                    "runtime_name": reply.runtime_name,
-                    "runtime_version": reply.runtime_version,
-                }
-            else:
-                request = mount_request(pb2, args.request) if args.request else pb2.MountRequest()
-                reply = stub.Mount(request, **call)
-                response = {
-                    "object_version": [
-                        {"id": v.id, "version": v.version} for v in reply.object_version
-                    ],
-                    "error_code": reply.error.code,
-                    "files": [
-                        {
-                            "path": f.path,
-                            "mode": f.mode,
-                            "contents_b64": base64.b64encode(f.contents).decode("ascii"),
-                        }
-                        for f in reply.files
-                    ],
-                }
-            result = {"ok": True, "response": response}
-        except grpc.RpcError as error:
-            result = {"ok": False, "code": error.code().name, "details": error.details() or ""}
+        request = None
+        if args.method == "Mount":
+            request = mount_request(pb2, args.request) if args.request else pb2.MountRequest()
+        for _ in range(max(args.repeat, 1)):
+            result = call(pb2, stub, args, request)
+            if not result["ok"]:
+                break
     print(json.dumps(result), flush=True)
 
 
