@@ -7,15 +7,19 @@
 //! they end up in pod events.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
 use crate::secret::{SecretBytes, SecretString};
+use crate::telemetry::metrics::{BackendStatus, GaugeGuard, Metrics, RejectReason};
 
 /// The point in time by which a mount must have answered.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +58,11 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Responses larger than this are refused rather than buffered.
     pub max_response_bytes: usize,
+    /// Akeyless calls under way at once, node-wide (a burst after a node restart queues here
+    /// instead of hammering Akeyless).
+    pub max_concurrent_calls: usize,
+    /// Calls allowed to wait for the bound; beyond that a call is refused at once.
+    pub max_queued_calls: usize,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +72,8 @@ impl Default for ClientOptions {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
             max_response_bytes: 16 << 20,
+            max_concurrent_calls: 32,
+            max_queued_calls: 1024,
         }
     }
 }
@@ -93,6 +104,9 @@ pub enum ApiError {
     /// The mount's deadline passed before an answer came.
     #[error("{command} did not answer before the mount's deadline")]
     DeadlineExceeded { command: String },
+    /// The node-wide bound of concurrent calls is saturated: the call could not start in time.
+    #[error("{command} was not sent: {reason}")]
+    Overloaded { command: String, reason: String },
     /// A 200 whose body is not what the API documents.
     #[error("unexpected response from {command}: {reason}")]
     InvalidResponse { command: String, reason: String },
@@ -119,7 +133,34 @@ impl ApiToken {
 pub struct AuthRequest {
     pub access_type: String,
     pub access_id: String,
+    /// `access_key`.
     pub access_key: Option<SecretString>,
+    /// `k8s`: the K8s auth config on the Gateway.
+    pub k8s_auth_config_name: Option<String>,
+    /// `k8s`: base64 (standard) of the service-account JWT, as the API expects.
+    pub k8s_service_account_token: Option<SecretString>,
+    /// `jwt` / `oidc`.
+    pub jwt: Option<SecretString>,
+    /// `aws_iam` / `azure_ad` / `gcp`.
+    pub cloud_id: Option<SecretString>,
+    /// `gcp`, when not the server's default `akeyless.io`.
+    pub gcp_audience: Option<String>,
+}
+
+impl AuthRequest {
+    /// Every credential in the request, to scrub from error texts.
+    fn secrets(&self) -> Vec<&str> {
+        [
+            &self.access_key,
+            &self.k8s_service_account_token,
+            &self.jwt,
+            &self.cloud_id,
+        ]
+        .into_iter()
+        .flatten()
+        .map(SecretString::expose)
+        .collect()
+    }
 }
 
 /// What `/auth` answers; `expiration` only on current API versions.
@@ -142,10 +183,19 @@ pub struct ItemRef {
 pub struct Client {
     http: reqwest::Client,
     options: ClientOptions,
+    limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
+}
+
+/// The node-wide bound on concurrent calls, with a bounded queue.
+#[derive(Debug)]
+struct Limiter {
+    permits: Semaphore,
+    queued: AtomicUsize,
 }
 
 impl Client {
-    pub fn new(options: ClientOptions) -> Result<Self, reqwest::Error> {
+    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.call_timeout)
@@ -154,7 +204,53 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .https_only(false)
             .build()?;
-        Ok(Self { http, options })
+        let limiter = Arc::new(Limiter {
+            permits: Semaphore::new(options.max_concurrent_calls.max(1)),
+            queued: AtomicUsize::new(0),
+        });
+        Ok(Self {
+            http,
+            options,
+            limiter,
+            metrics,
+        })
+    }
+
+    /// Waits for a slot under the node-wide bound, but never past the deadline and never in a
+    /// queue that is already full: a fast, clear refusal beats a mount that hangs until the
+    /// driver gives up.
+    async fn slot(
+        &self,
+        command: &str,
+        deadline: Deadline,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        if let Ok(permit) = self.limiter.permits.try_acquire() {
+            return Ok(permit);
+        }
+        let overloaded = |reason: String| ApiError::Overloaded {
+            command: command.to_owned(),
+            reason,
+        };
+        let queued = self.limiter.queued.fetch_add(1, Ordering::SeqCst);
+        let _dequeue = Dequeue(&self.limiter.queued);
+        if queued >= self.options.max_queued_calls {
+            self.metrics.reject(RejectReason::QueueFull);
+            return Err(overloaded(format!(
+                "{queued} Akeyless calls are already waiting for the node-wide limit of {} concurrent calls",
+                self.options.max_concurrent_calls
+            )));
+        }
+        let _waiting = GaugeGuard::new(&self.metrics.queued_backend_calls);
+        match tokio::time::timeout_at(deadline.instant(), self.limiter.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.reject(RejectReason::QueueTimeout);
+                Err(overloaded(format!(
+                    "the node-wide limit of {} concurrent Akeyless calls stayed saturated until the mount's deadline",
+                    self.options.max_concurrent_calls
+                )))
+            }
+        }
     }
 
     /// `POST /auth`: exchanges a credential for a temporary token.
@@ -172,13 +268,37 @@ impl Client {
             access_id: &'a str,
             #[serde(rename = "access-key", skip_serializing_if = "Option::is_none")]
             access_key: Option<&'a str>,
+            #[serde(
+                rename = "k8s-auth-config-name",
+                skip_serializing_if = "Option::is_none"
+            )]
+            k8s_auth_config_name: Option<&'a str>,
+            #[serde(
+                rename = "k8s-service-account-token",
+                skip_serializing_if = "Option::is_none"
+            )]
+            k8s_service_account_token: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            jwt: Option<&'a str>,
+            #[serde(rename = "cloud-id", skip_serializing_if = "Option::is_none")]
+            cloud_id: Option<&'a str>,
+            #[serde(rename = "gcp-audience", skip_serializing_if = "Option::is_none")]
+            gcp_audience: Option<&'a str>,
         }
         let body = Body {
             access_type: &request.access_type,
             access_id: &request.access_id,
             access_key: request.access_key.as_ref().map(SecretString::expose),
+            k8s_auth_config_name: request.k8s_auth_config_name.as_deref(),
+            k8s_service_account_token: request
+                .k8s_service_account_token
+                .as_ref()
+                .map(SecretString::expose),
+            jwt: request.jwt.as_ref().map(SecretString::expose),
+            cloud_id: request.cloud_id.as_ref().map(SecretString::expose),
+            gcp_audience: request.gcp_audience.as_deref(),
         };
-        let scrub: Vec<&str> = request.access_key.iter().map(|k| k.expose()).collect();
+        let scrub = request.secrets();
         self.call(base, "auth", &body, &scrub, deadline).await
     }
 
@@ -219,24 +339,10 @@ impl Client {
             },
         };
         let command = "get-secret-value";
-        let mut values: serde_json::Map<String, serde_json::Value> = self
+        let values = self
             .call(base, command, &body, &[token.secret().expose()], deadline)
             .await?;
-        let mut out = BTreeMap::new();
-        for name in names {
-            let value = values
-                .remove(name)
-                .ok_or_else(|| ApiError::InvalidResponse {
-                    command: command.to_owned(),
-                    reason: format!("the response has no value for {name}"),
-                })?;
-            let bytes = match value {
-                serde_json::Value::String(s) => s.into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            out.insert(name.clone(), SecretBytes::new(bytes));
-        }
-        Ok(out)
+        secret_values(values, names)
     }
 
     /// One API command with retries for transient failures.
@@ -249,6 +355,9 @@ impl Client {
         deadline: Deadline,
     ) -> Result<R, ApiError> {
         let url = command_url(base, command);
+        if command == "auth" {
+            self.metrics.logins.inc();
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -305,12 +414,24 @@ impl Client {
         scrub: &[&str],
         deadline: Deadline,
     ) -> Result<Vec<u8>, Attempt> {
+        if deadline.is_past() {
+            return Err(Attempt::Final(ApiError::DeadlineExceeded {
+                command: command.to_owned(),
+            }));
+        }
+        let _slot = self.slot(command, deadline).await.map_err(Attempt::Final)?;
+        let _inflight = GaugeGuard::new(&self.metrics.inflight_backend_calls);
         let budget = self.options.call_timeout.min(deadline.remaining());
         if budget.is_zero() {
             return Err(Attempt::Final(ApiError::DeadlineExceeded {
                 command: command.to_owned(),
             }));
         }
+        let started = Instant::now();
+        let record = |status: BackendStatus| {
+            self.metrics
+                .backend_call(command, status, started.elapsed());
+        };
         let exchange = async {
             let response = self
                 .http
@@ -329,19 +450,26 @@ impl Client {
             Ok::<_, Attempt>((status, retry_after, bytes))
         };
         let (status, retry_after, bytes) = match tokio::time::timeout(budget, exchange).await {
-            Ok(result) => result?,
+            Ok(Ok(answer)) => answer,
+            Ok(Err(failure)) => {
+                record(BackendStatus::Transport);
+                return Err(failure);
+            }
             Err(_) if deadline.is_past() => {
+                record(BackendStatus::Timeout);
                 return Err(Attempt::Final(ApiError::DeadlineExceeded {
                     command: command.to_owned(),
                 }));
             }
             Err(_) => {
+                record(BackendStatus::Timeout);
                 return Err(Attempt::Retryable {
                     reason: format!("no answer within {}ms", budget.as_millis()),
                     retry_after: None,
                 });
             }
         };
+        record(BackendStatus::from_http(status.as_u16()));
         if status.is_success() {
             return Ok(bytes);
         }
@@ -361,6 +489,46 @@ impl Client {
             }),
         })
     }
+}
+
+/// Leaves the queue count when the waiting call ends, however it ends.
+struct Dequeue<'a>(&'a AtomicUsize);
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Decodes a 200 body; the error names the JSON problem, never the body (it may hold values).
+pub fn decode_json<R: DeserializeOwned>(command: &str, body: &[u8]) -> Result<R, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidResponse {
+        command: command.to_owned(),
+        reason: format!("not the documented JSON ({})", e.classify_text()),
+    })
+}
+
+/// Picks each requested name out of a `/get-secret-value` answer; a value that is not a JSON
+/// string is kept as its JSON text.
+pub fn secret_values(
+    mut values: serde_json::Map<String, serde_json::Value>,
+    names: &[String],
+) -> Result<BTreeMap<String, SecretBytes>, ApiError> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let value = values
+            .remove(name)
+            .ok_or_else(|| ApiError::InvalidResponse {
+                command: "get-secret-value".to_owned(),
+                reason: format!("the response has no value for {name}"),
+            })?;
+        let bytes = match value {
+            serde_json::Value::String(s) => s.into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        out.insert(name.clone(), SecretBytes::new(bytes));
+    }
+    Ok(out)
 }
 
 /// The outcome of one failed attempt.
@@ -453,8 +621,8 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
-/// The `error` field of a JSON error body (or the body's start), made safe for a pod event.
-fn server_message(body: &[u8], scrub: &[&str]) -> String {
+/// The `error` field of an error body (or the body's start), made safe for a pod event.
+pub fn server_message(body: &[u8], scrub: &[&str]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         error: String,
@@ -527,7 +695,7 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_its_cap() {
-        let client = Client::new(ClientOptions::default()).unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
         for attempt in 1..20 {
             assert!(client.backoff(attempt) <= Duration::from_millis(200 * 1024));
         }
@@ -539,7 +707,11 @@ mod tests {
             access_type: "access_key".into(),
             access_id: "p-1".into(),
             access_key: Some("hunter2".into()),
+            jwt: Some("eyJ.secret-jwt".into()),
+            ..AuthRequest::default()
         };
+        assert!(!format!("{req:?}").contains("secret-jwt"));
+        assert_eq!(req.secrets(), ["hunter2", "eyJ.secret-jwt"]);
         assert!(!format!("{req:?}").contains("hunter2"));
         let token = ApiToken::Token("t-abc".into());
         assert!(!format!("{token:?}").contains("t-abc"));

@@ -87,6 +87,29 @@ pub struct ServeArgs {
     /// Attempts per Akeyless call for 5xx, 429 and transport errors.
     #[arg(long, env = "AKEYLESS_CSI_CALL_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub call_attempts: u32,
+    /// Akeyless calls under way at once on this node; more wait in a queue.
+    #[arg(long, env = "AKEYLESS_CSI_MAX_CONCURRENT_CALLS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_calls: u32,
+    /// Calls allowed to wait for --max-concurrent-calls; beyond that a mount is refused at once
+    /// with ResourceExhausted (the driver retries).
+    #[arg(long, env = "AKEYLESS_CSI_MAX_QUEUED_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_queued_calls: u32,
+    /// Serve identical reads of the same identity from memory for this long (0s = off). Rotation
+    /// polls then cost no Akeyless call, but see changes and revoked permissions that much later.
+    #[arg(long, env = "AKEYLESS_CSI_RESULT_CACHE_TTL", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub result_cache_ttl: Duration,
+    /// Address of the HTTP endpoints /healthz, /readyz and /metrics ("off" to disable).
+    #[arg(long, env = "AKEYLESS_CSI_HTTP_ADDR", default_value = "0.0.0.0:8098", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
+    /// Unix user ids allowed to connect to the socket (the driver runs as root). The provider's
+    /// own uid is always allowed, for its readiness probe.
+    #[arg(
+        long = "allowed-peer-uid",
+        env = "AKEYLESS_CSI_ALLOWED_PEER_UIDS",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub allowed_peer_uids: Vec<u32>,
     /// Assumed token lifetime when Akeyless does not return an expiration.
     #[arg(long, env = "AKEYLESS_CSI_DEFAULT_TOKEN_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub default_token_ttl: Duration,
@@ -101,6 +124,9 @@ pub struct ServeArgs {
     /// all nodes; overrides --version-key-file.
     #[arg(long, env = "AKEYLESS_CSI_VERSION_KEY", hide_env_values = true)]
     pub version_key: Option<String>,
+    /// Identity: allow-list, node identity, provider defaults, cloud endpoints (boxed: large).
+    #[command(flatten)]
+    pub identity: Box<crate::auth::flags::IdentityArgs>,
 }
 
 /// Why the provider could not be assembled from its flags.
@@ -114,22 +140,31 @@ pub enum StartError {
 
 impl ServeArgs {
     /// The provider these flags describe (reads or creates the version key).
-    pub fn provider(&self) -> Result<crate::service::Provider, StartError> {
+    pub fn provider(
+        &self,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Result<crate::service::Provider, StartError> {
         use crate::{akeyless, auth, render, service};
         let version_key = match &self.version_key {
             Some(text) => render::VersionKey::from_base64(text, "AKEYLESS_CSI_VERSION_KEY")?,
             None => render::VersionKey::load_or_create(&self.version_key_path())?,
         };
-        let client = akeyless::Client::new(akeyless::ClientOptions {
-            call_timeout: self.call_timeout,
-            max_attempts: self.call_attempts,
-            ..akeyless::ClientOptions::default()
-        })?;
+        let client = akeyless::Client::new(
+            akeyless::ClientOptions {
+                call_timeout: self.call_timeout,
+                max_attempts: self.call_attempts,
+                max_concurrent_calls: self.max_concurrent_calls as usize,
+                max_queued_calls: self.max_queued_calls as usize,
+                ..akeyless::ClientOptions::default()
+            },
+            metrics.clone(),
+        )?;
         let authenticator = auth::Authenticator::new(
             client.clone(),
             auth::AuthOptions {
                 default_ttl: self.default_token_ttl,
                 login_timeout: self.call_timeout.saturating_mul(self.call_attempts),
+                settings: self.identity.settings(&self.akeyless_url),
                 ..auth::AuthOptions::default()
             },
         );
@@ -137,10 +172,12 @@ impl ServeArgs {
             service::ProviderOptions {
                 default_url: self.akeyless_url.clone(),
                 mount_timeout: self.mount_timeout,
+                result_cache_ttl: self.result_cache_ttl,
             },
             client,
             authenticator,
             version_key,
+            metrics,
         ))
     }
 
@@ -203,6 +240,23 @@ pub struct DemoArgs {
     /// Keep the mounted files in this directory (default: a temporary one, removed at the end).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// Where the HTTP endpoints listen, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpAddr {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_http_addr(text: &str) -> Result<HttpAddr, String> {
+    match text.trim() {
+        "" | "off" | "none" => Ok(HttpAddr::Off),
+        addr => addr
+            .parse()
+            .map(HttpAddr::On)
+            .map_err(|e| format!("{addr:?} is not an address like 0.0.0.0:8098 ({e})")),
+    }
 }
 
 fn parse_url(text: &str) -> Result<Url, String> {

@@ -65,7 +65,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), DemoError> {
     else {
         return Err(DemoError::Mount("unexpected command".to_owned()));
     };
-    let provider = serve_args.provider()?;
+    let provider = serve_args.provider(crate::telemetry::metrics::Metrics::new())?;
     let bound = server::bind(&socket)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
@@ -74,8 +74,12 @@ pub async fn run(args: &DemoArgs) -> Result<(), DemoError> {
         async {
             let _ = stopped.await;
         },
-        Duration::from_secs(5),
-        TIMEOUT,
+        server::ServeOptions {
+            grace: Duration::from_secs(5),
+            request_timeout: TIMEOUT,
+            allowed_peer_uids: Vec::new(),
+        },
+        None,
     ));
     println!("provider socket     {} (mode 0600)\n", socket.display());
 

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::Parser;
 
-use akeyless_csi_provider::cli::{Cli, Command};
+use akeyless_csi_provider::cli::{Cli, Command, HttpAddr};
+use akeyless_csi_provider::telemetry::metrics::Metrics;
 use akeyless_csi_provider::{demo, emulator, mount_cli, server, telemetry};
 
 fn main() -> anyhow::Result<()> {
@@ -21,14 +22,25 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let provider = args.provider()?;
+            let metrics = Metrics::new();
+            let provider = args.provider(metrics.clone())?;
             let socket = server::bind(&args.socket)?;
+            let health = server::health::Health::new(args.socket.clone(), metrics);
+            if let HttpAddr::On(addr) = args.http_addr {
+                server::health::serve(addr, health.clone())
+                    .await
+                    .with_context(|| format!("cannot serve the HTTP endpoints on {addr}"))?;
+            }
             server::serve(
                 socket,
                 provider,
                 server::shutdown_signal(),
-                args.shutdown_grace,
-                args.mount_timeout + args.call_timeout,
+                server::ServeOptions {
+                    grace: args.shutdown_grace,
+                    request_timeout: args.mount_timeout + args.call_timeout,
+                    allowed_peer_uids: args.allowed_peer_uids.clone(),
+                },
+                Some(health),
             )
             .await?;
             tracing::info!("stopped");

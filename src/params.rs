@@ -19,6 +19,16 @@ pub mod keys {
     pub const ACCESS_ID: &str = "akeylessAccessID";
     pub const ACCESS_TYPE: &str = "akeylessAccessType";
     pub const ACCESS_KEY: &str = "akeylessAccessKey";
+    pub const UID_TOKEN: &str = "akeylessUIDInitToken";
+    pub const K8S_AUTH_CONFIG_NAME: &str = "akeylessK8sAuthConfigName";
+    pub const TOKEN_AUDIENCE: &str = "akeylessTokenAudience";
+    pub const AZURE_OBJECT_ID: &str = "akeylessAzureObjectID";
+    pub const AZURE_CLIENT_ID: &str = "akeylessAzureClientID";
+    pub const AZURE_TENANT_ID: &str = "akeylessAzureTenantID";
+    pub const AWS_ROLE_ARN: &str = "akeylessAWSRoleARN";
+    pub const GCP_AUDIENCE: &str = "akeylessGCPAudience";
+    pub const GCP_SERVICE_ACCOUNT: &str = "akeylessGCPServiceAccount";
+    pub const GCP_WORKLOAD_IDENTITY_AUDIENCE: &str = "akeylessGCPWorkloadIdentityAudience";
     pub const OBJECTS: &str = "objects";
     pub const SPC_NAME: &str = "secretProviderClass";
     pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
@@ -49,13 +59,40 @@ pub struct MountConfig {
     pub target_path: String,
 }
 
-/// How the pod authenticates to Akeyless.
-#[derive(Debug, Clone)]
+/// How the pod authenticates to Akeyless, as the SPC (and its nodePublishSecretRef) says.
+///
+/// Nothing here is resolved yet: which pod token, provider default or node identity proves the
+/// identity is decided by [`crate::auth`], which also knows the admin's flags.
+#[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
-    pub access_type: AccessType,
+    /// `akeylessAccessType`; `None` when unset (access_key, or the provider's default type).
+    pub access_type: Option<AccessType>,
+    /// `akeylessAccessID`; empty when unset, which selects the provider's own identity.
     pub access_id: String,
     /// The access key (`access_key`), from the nodePublishSecretRef or the SPC.
     pub access_key: Option<SecretString>,
+    /// The Universal Identity `u-` token (`universal_identity`), from the nodePublishSecretRef
+    /// or the SPC.
+    pub uid_token: Option<SecretString>,
+    /// `akeylessK8sAuthConfigName`: the K8s auth config on the Gateway.
+    pub k8s_auth_config_name: Option<String>,
+    /// `akeylessTokenAudience`: which of the pod's service-account tokens to use. `Some("")`
+    /// (set but empty) is the kube-apiserver's own audience.
+    pub token_audience: Option<String>,
+    pub azure_object_id: Option<String>,
+    pub azure_client_id: Option<String>,
+    pub azure_tenant_id: Option<String>,
+    pub aws_role_arn: Option<String>,
+    pub gcp_audience: Option<String>,
+    pub gcp_service_account: Option<String>,
+    pub gcp_workload_identity_audience: Option<String>,
+}
+
+impl AccessConfig {
+    /// The access type in effect when the SPC names one (else `access_key`), for messages.
+    pub fn effective_type(&self) -> AccessType {
+        self.access_type.unwrap_or(AccessType::AccessKey)
+    }
 }
 
 /// Akeyless auth methods, by the names of `akeylessAccessType` (the Go provider's names).
@@ -92,7 +129,8 @@ impl AccessType {
             .unwrap_or("access_key")
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// Parses an `akeylessAccessType` value (case-insensitive; `api_key` = `access_key`).
+    pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         // `api_key` is what ESO and the CLI call an access key; it is not a server value.
         if text.eq_ignore_ascii_case("api_key") {
@@ -104,7 +142,7 @@ impl AccessType {
             .map(|(_, t)| *t)
     }
 
-    fn names() -> String {
+    pub fn names() -> String {
         Self::ALL.map(|(n, _)| n).join(", ")
     }
 }
@@ -220,47 +258,7 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
         }
     });
 
-    let access_type = match attr(keys::ACCESS_TYPE) {
-        None => AccessType::AccessKey,
-        Some(raw) => AccessType::parse(raw).unwrap_or_else(|| {
-            problems.push(format!(
-                "{}: {raw:?} is not a supported access type; use one of {}",
-                keys::ACCESS_TYPE,
-                AccessType::names()
-            ));
-            AccessType::AccessKey
-        }),
-    };
-
-    let access_id = attr(keys::ACCESS_ID).unwrap_or_default().to_owned();
-    if access_id.is_empty() {
-        problems.push(format!(
-            "{}: missing; set it to the Access ID of the Akeyless auth method (p-...)",
-            keys::ACCESS_ID
-        ));
-    } else if access_id
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        problems.push(format!("{}: contains whitespace", keys::ACCESS_ID));
-    }
-
-    // The nodePublishSecretRef Secret is the recommended home of the key; an SPC may carry it
-    // inline like the Go provider's examples do. The Secret wins when both are set.
-    let access_key = secrets
-        .get(keys::ACCESS_KEY)
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| SecretString::new(v.trim()))
-        .or_else(|| attr(keys::ACCESS_KEY).map(SecretString::new));
-    if access_type == AccessType::AccessKey && access_key.is_none() {
-        problems.push(format!(
-            "{}: missing; put the access key under key {} of the Secret named in the volume's \
-             nodePublishSecretRef (or, for tests only, in the SecretProviderClass)",
-            keys::ACCESS_KEY,
-            keys::ACCESS_KEY
-        ));
-    }
-
+    let access = parse_access(&attributes, &secrets, &mut problems);
     let objects = match attributes.get(keys::OBJECTS).map(|s| s.as_str()) {
         None | Some("") => {
             problems.push(format!(
@@ -287,16 +285,137 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
     }
     Ok(MountConfig {
         gateway,
-        access: AccessConfig {
-            access_type,
-            access_id,
-            access_key,
-        },
+        access,
         objects,
         pod,
         spc_name: attr(keys::SPC_NAME).map(str::to_owned),
         target_path: request.target_path.clone(),
     })
+}
+
+/// Who a request is for, even when the rest of it does not parse: for audit records of
+/// refused mounts.
+#[derive(Debug, Clone, Default)]
+pub struct PodHint {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+}
+
+/// Best-effort [`PodHint`] from raw attributes; empty fields where they cannot be read.
+pub fn pod_hint(attributes: &str) -> PodHint {
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(attributes).unwrap_or_default();
+    let get = |key: &str| {
+        map.get(key)
+            .and_then(|v| v.as_str())
+            .map(|v| v.chars().take(253).collect())
+            .unwrap_or_default()
+    };
+    PodHint {
+        namespace: get(keys::POD_NAMESPACE),
+        name: get(keys::POD_NAME),
+        uid: get(keys::POD_UID),
+        service_account: get(keys::SERVICE_ACCOUNT),
+    }
+}
+
+/// The access parameters. Only what the SPC itself gets wrong is a problem here; what may come
+/// from the provider's defaults (an unset access id, config name, ...) is checked by `auth`.
+fn parse_access(
+    attributes: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> AccessConfig {
+    let attr = |key: &str| {
+        attributes
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    // The nodePublishSecretRef Secret is the recommended home of credentials; an SPC may carry
+    // them inline like the Go provider's examples do. The Secret wins when both are set.
+    let credential = |key: &str| {
+        secrets
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(SecretString::new)
+            .or_else(|| attr(key).map(SecretString::new))
+    };
+
+    let access_type = attr(keys::ACCESS_TYPE).and_then(|raw| {
+        let parsed = AccessType::parse(&raw);
+        if parsed.is_none() {
+            problems.push(format!(
+                "{}: {raw:?} is not a supported access type; use one of {}",
+                keys::ACCESS_TYPE,
+                AccessType::names()
+            ));
+        }
+        parsed
+    });
+
+    let access_id = attr(keys::ACCESS_ID).unwrap_or_default();
+    if access_id
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        problems.push(format!("{}: contains whitespace", keys::ACCESS_ID));
+    }
+
+    let access_key = credential(keys::ACCESS_KEY);
+    let uid_token = credential(keys::UID_TOKEN);
+    // With its own access id, an SPC must bring the credential its type needs.
+    if !access_id.is_empty() {
+        match access_type.unwrap_or(AccessType::AccessKey) {
+            AccessType::AccessKey if access_key.is_none() => problems.push(format!(
+                "{}: missing; put the access key under key {} of the Secret named in the volume's \
+                 nodePublishSecretRef (or, for tests only, in the SecretProviderClass)",
+                keys::ACCESS_KEY,
+                keys::ACCESS_KEY
+            )),
+            AccessType::UniversalIdentity if uid_token.is_none() => problems.push(format!(
+                "{}: missing; put the Universal Identity token (u-...) under key {} of the Secret \
+                 named in the volume's nodePublishSecretRef",
+                keys::UID_TOKEN,
+                keys::UID_TOKEN
+            )),
+            _ => {}
+        }
+    }
+    if uid_token
+        .as_ref()
+        .is_some_and(|t| !t.expose().starts_with("u-"))
+    {
+        // Never echo it: it is a credential.
+        problems.push(format!(
+            "{}: not a Universal Identity token (they start with \"u-\")",
+            keys::UID_TOKEN
+        ));
+    }
+
+    let gcp_workload_identity_audience = attr(keys::GCP_WORKLOAD_IDENTITY_AUDIENCE);
+    AccessConfig {
+        access_type,
+        access_id,
+        access_key,
+        uid_token,
+        k8s_auth_config_name: attr(keys::K8S_AUTH_CONFIG_NAME),
+        // Set-but-empty is meaningful here: the kube-apiserver's own audience.
+        token_audience: attributes
+            .get(keys::TOKEN_AUDIENCE)
+            .map(|v| v.trim().to_owned()),
+        azure_object_id: attr(keys::AZURE_OBJECT_ID),
+        azure_client_id: attr(keys::AZURE_CLIENT_ID),
+        azure_tenant_id: attr(keys::AZURE_TENANT_ID),
+        aws_role_arn: attr(keys::AWS_ROLE_ARN),
+        gcp_audience: attr(keys::GCP_AUDIENCE),
+        gcp_service_account: attr(keys::GCP_SERVICE_ACCOUNT),
+        gcp_workload_identity_audience,
+    }
 }
 
 fn parse_attributes(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, String> {
@@ -689,7 +808,7 @@ mod tests {
         );
         let cfg = parse(&req).unwrap();
         assert_eq!(cfg.gateway.unwrap().as_str(), "https://api.akeyless.io/");
-        assert_eq!(cfg.access.access_type, AccessType::AccessKey);
+        assert_eq!(cfg.access.access_type, Some(AccessType::AccessKey));
         assert_eq!(cfg.access.access_key.unwrap().expose(), "the-key");
         assert_eq!(cfg.objects.len(), 2);
         assert_eq!(cfg.objects[0].file_name, "local-secret-filename");
@@ -765,8 +884,6 @@ mod tests {
         for needle in [
             "akeylessAccessType: \"magic\"",
             "akeylessGatewayURL",
-            "akeylessAccessID: missing",
-            "akeylessAccessKey: missing",
             "objects[0] (/a): fileName \"../etc/passwd\"",
             "objects[1] (/b): fileName \"/abs\" is absolute",
             "fileName \"x\" is used by both /c and /d",
@@ -868,6 +985,65 @@ mod tests {
         assert!(!err.contains("pw"));
         assert!(parse_gateway_url("gw:8000").is_err());
         assert!(parse_gateway_url("https://gw?x=1").is_err());
+    }
+
+    #[test]
+    fn an_spc_with_an_access_id_must_bring_its_credential() {
+        let objects = ("objects", "- secretPath: /a");
+        let msg = parse(&request(&[("akeylessAccessID", "p-1"), objects], "null"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("akeylessAccessKey: missing"), "{msg}");
+        let msg = parse(&request(
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("akeylessAccessType", "universal_identity"),
+                objects,
+            ],
+            "null",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("akeylessUIDInitToken: missing"), "{msg}");
+        // Without an access id the provider's own identity may apply: auth decides.
+        let cfg = parse(&request(&[objects], "null")).unwrap();
+        assert!(cfg.access.access_id.is_empty() && cfg.access.access_type.is_none());
+    }
+
+    #[test]
+    fn access_parameters_parse() {
+        let req = request(
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("akeylessAccessType", "K8S"),
+                ("akeylessK8sAuthConfigName", "prod-k8s"),
+                ("akeylessTokenAudience", ""),
+                ("akeylessAzureClientID", "cid"),
+                ("akeylessGCPAudience", "aud"),
+                ("objects", "- secretPath: /a"),
+            ],
+            r#"{"akeylessUIDInitToken":"u-abc"}"#,
+        );
+        let access = parse(&req).unwrap().access;
+        assert_eq!(access.access_type, Some(AccessType::K8s));
+        assert_eq!(access.k8s_auth_config_name.as_deref(), Some("prod-k8s"));
+        assert_eq!(access.token_audience.as_deref(), Some(""), "set but empty");
+        assert_eq!(access.azure_client_id.as_deref(), Some("cid"));
+        assert_eq!(access.gcp_audience.as_deref(), Some("aud"));
+        assert_eq!(access.uid_token.unwrap().expose(), "u-abc");
+
+        let msg = parse(&request(
+            &[
+                ("akeylessAccessID", "p-1"),
+                ("akeylessAccessType", "universal_identity"),
+                ("objects", "- secretPath: /a"),
+            ],
+            r#"{"akeylessUIDInitToken":"t-not-a-uid-hunter2"}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("not a Universal Identity token"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
     }
 
     #[test]

@@ -5,13 +5,13 @@
 //! Every failure becomes a [`MountError`], mapped explicitly to a gRPC code, whose message names
 //! the SecretProviderClass, the objects and the fix — and never a value, key or token.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::try_join_all;
+use futures::future::{BoxFuture, Shared, try_join_all};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use url::Url;
@@ -22,6 +22,8 @@ use crate::params::{self, MountConfig, ParamsError};
 use crate::proto::v1alpha1::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::v1alpha1::{MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::render::{self, RenderError, Values, VersionKey};
+use crate::secret::SecretBytes;
+use crate::telemetry::metrics::{CacheKind, GaugeGuard, Metrics};
 
 /// What `Version` answers: the API the driver speaks, and who we are.
 pub const API_VERSION: &str = "v1alpha1";
@@ -35,7 +37,15 @@ pub struct ProviderOptions {
     /// The longest a mount may take when the caller sets a longer deadline or none (drivers
     /// up to v1.5 call rotation mounts without one).
     pub mount_timeout: Duration,
+    /// How long a read's result may answer identical reads of the same identity (0 = off).
+    /// Rotation polls then cost no Akeyless call, at the price of seeing a change (or a
+    /// revoked permission) up to this much later.
+    pub result_cache_ttl: Duration,
 }
+
+/// Most cached read results kept; expired ones go first, from this many entries on.
+const MAX_CACHED_RESULTS: usize = 10_000;
+const PRUNE_CACHED_RESULTS: usize = 256;
 
 /// The provider: shared by every request, cheap to clone.
 #[derive(Clone)]
@@ -48,6 +58,28 @@ struct Inner {
     client: Client,
     auth: Authenticator,
     version_key: VersionKey,
+    metrics: Arc<Metrics>,
+    reads: Mutex<Reads>,
+}
+
+/// One batched read: the token that made it (an identity, at one login), a version, the names.
+/// The token is compared by pointer and kept alive by the map entries, so a key can never be
+/// confused with another identity's.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    token: usize,
+    version: Option<u32>,
+    names: Vec<String>,
+}
+
+type Batch = Arc<BTreeMap<String, SecretBytes>>;
+type ReadFuture = Shared<BoxFuture<'static, Result<Batch, ApiError>>>;
+
+/// Reads under way (joined by identical ones) and, optionally, recent results.
+#[derive(Default)]
+struct Reads {
+    inflight: HashMap<ReadKey, (Arc<CachedToken>, ReadFuture)>,
+    recent: HashMap<ReadKey, (Arc<CachedToken>, Instant, Batch)>,
 }
 
 impl Provider {
@@ -56,6 +88,7 @@ impl Provider {
         client: Client,
         auth: Authenticator,
         version_key: VersionKey,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -63,8 +96,14 @@ impl Provider {
                 client,
                 auth,
                 version_key,
+                metrics,
+                reads: Mutex::new(Reads::default()),
             }),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The authenticator, e.g. to inspect its cache in tests.
@@ -72,27 +111,32 @@ impl Provider {
         &self.inner.auth
     }
 
-    /// One mount, from request to response, without the gRPC wrapping.
+    /// One mount, from request to response, without the gRPC wrapping. `audit` receives what
+    /// is known about the mount for its audit event.
     pub async fn handle_mount(
         &self,
         request: &MountRequest,
         deadline: Deadline,
+        audit: &mut Audit,
     ) -> Result<MountResponse, MountError> {
-        let started = Instant::now();
-        let config = params::parse(request)?;
+        let config = match params::parse(request) {
+            Ok(config) => config,
+            Err(e) => {
+                audit.pod = params::pod_hint(&request.attributes);
+                return Err(e.into());
+            }
+        };
+        audit.describe(&config);
         let response = self
             .mount_config(&config, deadline)
             .await
             .map_err(|e| e.within(Context::of(&config)))?;
-        tracing::info!(
-            pod.namespace = %config.pod.namespace,
-            pod.name = %config.pod.name,
-            pod.uid = %config.pod.uid,
-            spc = config.spc_name.as_deref().unwrap_or(""),
-            objects = response.object_version.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "mount succeeded"
-        );
+        audit.versions = response
+            .object_version
+            .iter()
+            .map(|v| format!("{}={}", v.id, v.version))
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(response)
     }
 
@@ -105,8 +149,9 @@ impl Provider {
             .gateway
             .clone()
             .unwrap_or_else(|| self.inner.options.default_url.clone());
-        let identity =
-            Identity::new(base, &config.access).map_err(|e| MountError::from_auth(e, config))?;
+        let identity = (self.inner.auth)
+            .identity(base, config)
+            .map_err(|e| MountError::from_auth(e, config))?;
         let values = self.fetch(&identity, config, deadline).await?;
         let rendered = render::render(&config.objects, &values, &self.inner.version_key)?;
         Ok(MountResponse {
@@ -161,28 +206,119 @@ impl Provider {
     async fn fetch_batches(
         &self,
         identity: &Identity,
-        token: &CachedToken,
+        token: &Arc<CachedToken>,
         batches: &BTreeMap<Option<u32>, BTreeSet<String>>,
         deadline: Deadline,
     ) -> Result<Values, ApiError> {
         let calls = batches.iter().map(|(version, names)| async move {
-            let names: Vec<String> = names.iter().cloned().collect();
-            let values = self
-                .inner
-                .client
-                .get_secret_values(&identity.base, &token.token, &names, *version, deadline)
-                .await?;
-            Ok::<_, ApiError>(values.into_iter().map(move |(name, value)| {
-                (
-                    ItemRef {
-                        name,
-                        version: *version,
-                    },
-                    value,
-                )
-            }))
+            let key = ReadKey {
+                token: Arc::as_ptr(token) as usize,
+                version: *version,
+                names: names.iter().cloned().collect(),
+            };
+            let values = self.read(identity, token, key, deadline).await?;
+            Ok::<_, ApiError>(
+                values
+                    .iter()
+                    .map(move |(name, value)| {
+                        (
+                            ItemRef {
+                                name: name.clone(),
+                                version: *version,
+                            },
+                            value.clone(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
         });
         Ok(try_join_all(calls).await?.into_iter().flatten().collect())
+    }
+
+    /// One batched read, shared: a recent identical result answers it (when the result cache is
+    /// on), an identical read under way is joined, and otherwise a new read starts in its own
+    /// task, so the mount that started it may give up without failing the others.
+    async fn read(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        key: ReadKey,
+        deadline: Deadline,
+    ) -> Result<Batch, ApiError> {
+        let inner = &self.inner;
+        let ttl = inner.options.result_cache_ttl;
+        let flight = {
+            let mut reads = lock(&inner.reads);
+            if !ttl.is_zero()
+                && let Some((_, at, batch)) = reads.recent.get(&key)
+                && at.elapsed() < ttl
+            {
+                inner.metrics.cache_hit(CacheKind::Result);
+                return Ok(batch.clone());
+            }
+            if let Some((_, flight)) = reads.inflight.get(&key) {
+                inner.metrics.dedup_joins.inc();
+                flight.clone()
+            } else {
+                let flight = self.start_read(identity, token, key.clone());
+                reads.inflight.insert(key, (token.clone(), flight.clone()));
+                flight
+            }
+        };
+        match tokio::time::timeout_at(deadline.instant(), flight).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::DeadlineExceeded {
+                command: "get-secret-value".to_owned(),
+            }),
+        }
+    }
+
+    fn start_read(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        key: ReadKey,
+    ) -> ReadFuture {
+        let inner = self.inner.clone();
+        let base = identity.base.clone();
+        let token = token.clone();
+        let task = tokio::spawn(async move {
+            // Bounded by the provider's own limit, not by the mount that happened to start it.
+            let deadline = Deadline::after(inner.options.mount_timeout);
+            let result = inner
+                .client
+                .get_secret_values(&base, &token.token, &key.names, key.version, deadline)
+                .await
+                .map(Arc::new);
+            let mut reads = lock(&inner.reads);
+            reads.inflight.remove(&key);
+            let ttl = inner.options.result_cache_ttl;
+            if let Ok(batch) = &result
+                && !ttl.is_zero()
+            {
+                // Drop expired results as the cache grows, so values do not outlive their use.
+                if reads.recent.len() >= PRUNE_CACHED_RESULTS {
+                    reads.recent.retain(|_, (_, at, _)| at.elapsed() < ttl);
+                }
+                if reads.recent.len() >= MAX_CACHED_RESULTS {
+                    reads.recent.clear();
+                }
+                reads
+                    .recent
+                    .insert(key, (token, Instant::now(), batch.clone()));
+            }
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(ApiError::InvalidResponse {
+                    command: "get-secret-value".to_owned(),
+                    reason: "the read task failed unexpectedly".to_owned(),
+                })
+            })
+        }
+        .boxed()
+        .shared()
     }
 
     /// The mount's deadline: the caller's `grpc-timeout` less a safety margin, so we answer
@@ -222,24 +358,101 @@ impl CsiDriverProvider for Provider {
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
         let started = Instant::now();
+        let metrics = &self.inner.metrics;
+        let _inflight = GaugeGuard::new(&metrics.inflight_mounts);
         let deadline = self.deadline(request.metadata());
         let request = request.into_inner();
-        // A panic anywhere in the mount fails this request only, never the connection or the
-        // daemon.
-        let outcome = AssertUnwindSafe(self.handle_mount(&request, deadline))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(MountError::Internal("the mount panicked".to_owned())));
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let mut audit = Audit::default();
+        let outcome = contained(self.handle_mount(&request, deadline, &mut audit)).await;
+        let elapsed = started.elapsed();
+        let code = outcome
+            .as_ref()
+            .err()
+            .map_or(tonic::Code::Ok, MountError::code);
+        metrics.mount_finished(code, elapsed);
+        audit.emit(&outcome, elapsed);
+        outcome.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// Runs a mount so that a panic anywhere in it fails this request only, never the connection
+/// or the daemon.
+async fn contained<T>(
+    mount: impl std::future::Future<Output = Result<T, MountError>>,
+) -> Result<T, MountError> {
+    AssertUnwindSafe(mount)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(MountError::Internal(
+                "the mount failed unexpectedly (a bug); it has been logged".to_owned(),
+            ))
+        })
+}
+
+/// The audit record of one mount: who asked for what, and what they got — never a value, key
+/// or token. Emitted as one structured event with target `audit`.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pod: params::PodHint,
+    spc: String,
+    objects: String,
+    versions: String,
+}
+
+impl Audit {
+    fn describe(&mut self, config: &MountConfig) {
+        self.pod = params::PodHint {
+            namespace: config.pod.namespace.clone(),
+            name: config.pod.name.clone(),
+            uid: config.pod.uid.clone(),
+            service_account: config.pod.service_account.clone(),
+        };
+        self.spc = config.spc_name.clone().unwrap_or_default();
+        self.objects = config
+            .objects
+            .iter()
+            .map(|o| o.secret_path.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
+    fn emit<T>(&self, outcome: &Result<T, MountError>, elapsed: Duration) {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match outcome {
-            Ok(response) => Ok(Response::new(response)),
-            Err(error) => {
-                let status = error.to_status();
-                tracing::warn!(code = ?status.code(), elapsed_ms, error = %status.message(), "mount failed");
-                Err(status)
-            }
+            Ok(_) => tracing::info!(
+                target: "audit",
+                pod_namespace = %self.pod.namespace,
+                pod_name = %self.pod.name,
+                pod_uid = %self.pod.uid,
+                service_account = %self.pod.service_account,
+                spc = %self.spc,
+                objects = %self.objects,
+                versions = %self.versions,
+                outcome = "success",
+                latency_ms,
+                "mount"
+            ),
+            Err(error) => tracing::warn!(
+                target: "audit",
+                pod_namespace = %self.pod.namespace,
+                pod_name = %self.pod.name,
+                pod_uid = %self.pod.uid,
+                service_account = %self.pod.service_account,
+                spc = %self.spc,
+                objects = %self.objects,
+                outcome = ?error.code(),
+                error = %error,
+                latency_ms,
+                "mount"
+            ),
         }
     }
+}
+
+/// A poisoned lock only means another request panicked; the maps stay consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -290,8 +503,6 @@ pub enum MountError {
     #[error("{0}")]
     InvalidParameters(#[from] ParamsError),
     #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
     LoginRejected(String),
     #[error("{0}")]
     PermissionDenied(String),
@@ -301,6 +512,8 @@ pub enum MountError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     Rejected(String),
     #[error("{0}")]
@@ -321,12 +534,12 @@ impl MountError {
         use tonic::Code;
         match self {
             Self::InvalidParameters(_) => Code::InvalidArgument,
-            Self::Unsupported(_) => Code::Unimplemented,
             Self::LoginRejected(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::NotFound(_) => Code::NotFound,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Overloaded(_) => Code::ResourceExhausted,
             Self::Rejected(_) | Self::Render(_) => Code::FailedPrecondition,
             Self::Internal(_) => Code::Internal,
             Self::Within { source, .. } => source.code(),
@@ -351,17 +564,46 @@ impl MountError {
     }
 
     fn from_auth(error: AuthError, config: &MountConfig) -> Self {
-        let who = format!(
-            "access id {} ({})",
-            config.access.access_id, config.access.access_type
-        );
+        let access = &config.access;
+        let access_type = access.effective_type();
+        let who = if access.access_id.is_empty() {
+            "the provider's default identity (AKEYLESS_ACCESS_ID)".to_owned()
+        } else {
+            format!("access id {} ({access_type})", access.access_id)
+        };
+        // What to check when Akeyless refuses the credential, per access type.
+        use params::AccessType;
+        let check = match access_type {
+            AccessType::AccessKey => {
+                "check akeylessAccessID and the access key (akeylessAccessKey in the nodePublishSecretRef Secret)"
+            }
+            AccessType::K8s => {
+                "check akeylessAccessID, akeylessK8sAuthConfigName and that the auth method accepts this pod's service account and token audience"
+            }
+            AccessType::Jwt | AccessType::Oidc => {
+                "check akeylessAccessID and that the auth method accepts this pod's service-account token (issuer, audience, bound claims)"
+            }
+            AccessType::UniversalIdentity => {
+                "check akeylessAccessID and the Universal Identity token (akeylessUIDInitToken)"
+            }
+            AccessType::AzureAd | AccessType::AwsIam | AccessType::Gcp => {
+                "check akeylessAccessID and that the auth method's bound cloud identities include this pod's"
+            }
+        };
         match error {
-            AuthError::Unsupported(t) => Self::Unsupported(format!(
-                "akeylessAccessType {t} is not supported by this provider version yet; use access_key"
-            )),
             AuthError::Missing(what) => Self::InvalidParameters(ParamsError {
                 problems: vec![what],
             }),
+            AuthError::NotAllowed(why) => Self::PermissionDenied(why),
+            AuthError::Precondition(why) => Self::Rejected(why),
+            AuthError::Exchange(e) if e.rejected => Self::LoginRejected(format!(
+                "the {} refused the identity of {who}: {}",
+                e.service, e.reason
+            )),
+            AuthError::Exchange(e) => Self::Unavailable(format!(
+                "cannot obtain the identity of {who} from the {}: {}",
+                e.service, e.reason
+            )),
             AuthError::DeadlineExceeded => Self::DeadlineExceeded(format!(
                 "the login of {who} did not finish before the mount's deadline; check that the Akeyless URL is reachable from the node"
             )),
@@ -370,8 +612,7 @@ impl MountError {
             }
             AuthError::Api(api) => match api {
                 ApiError::Unauthorized { message, .. } => Self::LoginRejected(format!(
-                    "Akeyless rejected the login of {who}: check akeylessAccessID and the access key \
-                     (akeylessAccessKey in the nodePublishSecretRef Secret) [{message}]"
+                    "Akeyless rejected the login of {who}: {check} [{message}]"
                 )),
                 ApiError::DeadlineExceeded { .. } => Self::DeadlineExceeded(format!(
                     "the login of {who} did not finish before the mount's deadline"
@@ -379,9 +620,12 @@ impl MountError {
                 ApiError::Unavailable { .. } | ApiError::InvalidResponse { .. } => {
                     Self::Unavailable(format!("cannot log in {who}: {api}"))
                 }
+                ApiError::Overloaded { .. } => Self::Overloaded(format!(
+                    "the login of {who} was not started: {api}; the driver will retry"
+                )),
                 ApiError::NotFound { .. } | ApiError::Rejected { .. } => {
                     Self::LoginRejected(format!(
-                        "Akeyless refused the login of {who}; check akeylessGatewayURL points at the API (e.g. https://api.akeyless.io or https://<gateway>:8000/api/v2): {api}"
+                        "Akeyless refused the login of {who}; {check}, and that akeylessGatewayURL points at the API (e.g. https://api.akeyless.io or https://<gateway>:8000/api/v2): {api}"
                     ))
                 }
             },
@@ -415,6 +659,9 @@ impl MountError {
             ApiError::Unavailable { .. } | ApiError::InvalidResponse { .. } => Self::Unavailable(
                 format!("cannot read {items} from {}: {error}", identity.base),
             ),
+            ApiError::Overloaded { .. } => Self::Overloaded(format!(
+                "reading {items} was not started: {error}; the driver will retry"
+            )),
             ApiError::Rejected { .. } => {
                 Self::Rejected(format!("Akeyless refused reading {items}: {error}"))
             }
@@ -425,6 +672,21 @@ impl MountError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_mount_fails_with_internal_only() {
+        let outcome: Result<(), MountError> = contained(async {
+            let items: Vec<u8> = Vec::new();
+            // An out-of-bounds index: the kind of bug a panic barrier exists for.
+            let _ = items[usize::from(items.is_empty())];
+            Ok(())
+        })
+        .await;
+        let error = outcome.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Internal);
+        // The runtime and this task carry on.
+        assert!(contained(async { Ok::<_, MountError>(7) }).await.is_ok());
+    }
 
     #[test]
     fn grpc_timeouts() {

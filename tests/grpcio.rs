@@ -102,7 +102,7 @@ async fn grpcio_clients_with_either_authority_mount_and_get_versions() {
     let bad = h.dir.path().join("bad.json");
     std::fs::write(
         &bad,
-        r#"{"attributes": "{}", "secrets": "null", "permission": "420"}"#,
+        r#"{"attributes": "{\"objects\": \"- secretPath: /a\"}", "secrets": "null", "permission": "420"}"#,
     )
     .unwrap();
     let socket = h.socket.clone();

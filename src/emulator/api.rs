@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -315,6 +315,21 @@ struct AuthRequest {
     access_id: Option<String>,
     #[serde(default, rename = "access-key")]
     access_key: Option<String>,
+    #[serde(default, rename = "k8s-auth-config-name")]
+    k8s_auth_config_name: Option<String>,
+    #[serde(default, rename = "k8s-service-account-token")]
+    k8s_service_account_token: Option<String>,
+    #[serde(default)]
+    jwt: Option<String>,
+    #[serde(default, rename = "cloud-id")]
+    cloud_id: Option<String>,
+    #[serde(default, rename = "gcp-audience")]
+    gcp_audience: Option<String>,
+    #[serde(default, rename = "uid-token")]
+    uid_token: Option<String>,
+    /// The SDK v4.1.0 spelling.
+    #[serde(default, rename = "uid_token")]
+    uid_token_v4: Option<String>,
 }
 
 fn auth(shared: &Shared, request: &Value) -> Result<Value, ApiError> {
@@ -337,32 +352,22 @@ fn auth(shared: &Shared, request: &Value) -> Result<Value, ApiError> {
         .as_deref()
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::missing("access-id"))?;
-    let denied = || {
+    let denied = |why: &str| {
         ApiError::unauthorized(
             PREFIX,
-            &format!(
-                "access denied for access id {}: invalid credentials",
-                clip(access_id)
-            ),
+            &format!("access denied for access id {}: {why}", clip(access_id)),
         )
     };
-    let method = shared.methods.get(access_id).ok_or_else(denied)?;
+    let method = shared
+        .methods
+        .get(access_id)
+        .ok_or_else(|| denied("invalid credentials"))?;
     if method.access_type.wire() != access_type {
-        return Err(denied());
+        return Err(denied("invalid credentials"));
     }
-    if method.access_type != AccessType::AccessKey {
-        return Err(ApiError::invalid_body(format_args!(
-            "access-type {access_type} is not implemented by the emulator yet"
-        )));
-    }
-    let key_matches = match (&method.access_key, request.access_key.as_deref()) {
-        (Some(expected), Some(given)) => !given.is_empty() && expected.expose() == given,
-        _ => false,
-    };
-    if !key_matches {
-        return Err(denied());
-    }
-    let (token, expires_ms) = shared.issue_token(&method.access_id);
+    let (credential, subject) = check_credential(method, &request, &denied)?;
+    let (token, expires_ms) =
+        shared.issue_token(&method.access_id, access_type, &credential, subject);
     Ok(json!({
         "token": token,
         "expiration": go_time(expires_ms),
@@ -376,6 +381,221 @@ fn auth(shared: &Shared, request: &Value) -> Result<Value, ApiError> {
             "required_mfa": "",
         },
     }))
+}
+
+/// Checks the credential of `request` for `method`'s access type, as far as its format and the
+/// seeded bindings go (signatures are not verified). Returns the credential, to fingerprint,
+/// and the subject it names.
+fn check_credential(
+    method: &AuthMethod,
+    request: &AuthRequest,
+    denied: &dyn Fn(&str) -> ApiError,
+) -> Result<(String, Option<String>), ApiError> {
+    let required = |value: &Option<String>, name: &str| {
+        value
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::missing(name))
+    };
+    match method.access_type {
+        AccessType::AccessKey => {
+            // As the service: a missing key is just invalid credentials.
+            match (&method.access_key, request.access_key.as_deref()) {
+                (Some(expected), Some(given))
+                    if !given.is_empty() && expected.expose() == given =>
+                {
+                    Ok((given.to_owned(), None))
+                }
+                _ => Err(denied("invalid credentials")),
+            }
+        }
+        AccessType::K8s => {
+            let name = required(&request.k8s_auth_config_name, "k8s-auth-config-name")?;
+            if method.k8s_auth_config_name.as_deref() != Some(name.as_str()) {
+                return Err(denied(&format!(
+                    "k8s auth config {:?} not found",
+                    clip(&name)
+                )));
+            }
+            let encoded = required(
+                &request.k8s_service_account_token,
+                "k8s-service-account-token",
+            )?;
+            let jwt = STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_body(
+                        "k8s-service-account-token must be the base64 encoding of the service account JWT",
+                    )
+                })?;
+            let subject = check_jwt(&jwt, "k8s-service-account-token", method, denied)?;
+            Ok((jwt, subject))
+        }
+        AccessType::Jwt | AccessType::Oidc => {
+            let jwt = required(&request.jwt, "jwt")?;
+            let subject = check_jwt(&jwt, "jwt", method, denied)?;
+            Ok((jwt, subject))
+        }
+        AccessType::AzureAd => {
+            let cloud_id = required(&request.cloud_id, "cloud-id")?;
+            let token = decode_cloud_id(&cloud_id)?;
+            let claims = jwt_claims(&token).ok_or_else(|| {
+                ApiError::invalid_body(
+                    "cloud-id must be base64 of an Azure AD access token (a JWT)",
+                )
+            })?;
+            Ok((cloud_id, claim(&claims, "sub")))
+        }
+        AccessType::Gcp => {
+            let cloud_id = required(&request.cloud_id, "cloud-id")?;
+            let token = decode_cloud_id(&cloud_id)?;
+            let claims = jwt_claims(&token).ok_or_else(|| {
+                ApiError::invalid_body("cloud-id must be base64 of a Google ID token (a JWT)")
+            })?;
+            let sent = request
+                .gcp_audience
+                .as_deref()
+                .filter(|a| !a.is_empty())
+                .unwrap_or("akeyless.io");
+            let expected = method.gcp_audience.as_deref().unwrap_or("akeyless.io");
+            if sent != expected || !audience_contains(&claims, expected) {
+                return Err(denied("the ID token is not for the auth method's audience"));
+            }
+            Ok((
+                cloud_id,
+                claim(&claims, "email").or_else(|| claim(&claims, "sub")),
+            ))
+        }
+        AccessType::AwsIam => {
+            let cloud_id = required(&request.cloud_id, "cloud-id")?;
+            let subject = check_aws_cloud_id(&cloud_id)?;
+            Ok((cloud_id, Some(subject)))
+        }
+        AccessType::UniversalIdentity => {
+            let given = required(&request.uid_token, "uid-token")
+                .or_else(|_| required(&request.uid_token_v4, "uid-token"))?;
+            if !given.starts_with("u-") {
+                return Err(ApiError::invalid_body("uid-token must be a u- token"));
+            }
+            match &method.uid_token {
+                Some(expected) if expected.expose() == given => Ok((given, None)),
+                _ => Err(denied("invalid credentials")),
+            }
+        }
+        AccessType::Cert => Err(ApiError::invalid_body(
+            "access-type cert is not implemented by the emulator",
+        )),
+    }
+}
+
+/// A JWT-shaped token with the method's bound audience; returns its `sub`.
+fn check_jwt(
+    jwt: &str,
+    field: &str,
+    method: &AuthMethod,
+    denied: &dyn Fn(&str) -> ApiError,
+) -> Result<Option<String>, ApiError> {
+    let claims = jwt_claims(jwt).ok_or_else(|| {
+        ApiError::invalid_body(format_args!(
+            "{field} is not a JWT (header.payload.signature)"
+        ))
+    })?;
+    if let Some(audience) = &method.bound_audience
+        && !audience_contains(&claims, audience)
+    {
+        return Err(denied(&format!(
+            "the token's audience is not {:?}",
+            clip(audience)
+        )));
+    }
+    Ok(claim(&claims, "sub"))
+}
+
+/// The claims of a JWT-shaped token: three base64url parts, a JSON header with `alg` and a
+/// JSON object payload. The signature is not checked.
+pub(crate) fn jwt_claims(token: &str) -> Option<Map<String, Value>> {
+    let mut parts = token.trim().split('.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || signature.is_empty() {
+        return None;
+    }
+    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok();
+    let header: Value = serde_json::from_slice(&decode(header)?).ok()?;
+    header.get("alg")?.as_str()?;
+    decode(signature)?;
+    match serde_json::from_slice(&decode(payload)?).ok()? {
+        Value::Object(claims) => Some(claims),
+        _ => None,
+    }
+}
+
+fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// `aud` is a string or a list of strings.
+fn audience_contains(claims: &Map<String, Value>, audience: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => aud == audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
+fn decode_cloud_id(cloud_id: &str) -> Result<String, ApiError> {
+    STANDARD
+        .decode(cloud_id.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::invalid_body("cloud-id is not base64"))
+}
+
+/// The aws_iam `cloud-id`: base64 JSON of a signed, unsent `sts:GetCallerIdentity` request
+/// (akeyless-api.md §1.3). Returns the signing access key id.
+fn check_aws_cloud_id(cloud_id: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid_body(format_args!("invalid aws_iam cloud-id: {why}"));
+    let document: Value = serde_json::from_str(&decode_cloud_id(cloud_id)?)
+        .map_err(|_| bad("not base64 of a JSON object"))?;
+    let field = |name: &str| -> Result<String, ApiError> {
+        let encoded = document
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(&format!("{name} is missing")))?;
+        decode_cloud_id(encoded).map_err(|_| bad(&format!("{name} is not base64")))
+    };
+    if document.get("sts_request_method").and_then(Value::as_str) != Some("POST") {
+        return Err(bad("sts_request_method must be POST"));
+    }
+    if field("sts_request_url")?.trim_end_matches('/') != "https://sts.amazonaws.com" {
+        return Err(bad("sts_request_url must be https://sts.amazonaws.com/"));
+    }
+    if !field("sts_request_body")?.contains("Action=GetCallerIdentity") {
+        return Err(bad("sts_request_body must be a GetCallerIdentity request"));
+    }
+    let headers: Map<String, Value> = serde_json::from_str(&field("sts_request_headers")?)
+        .map_err(|_| bad("sts_request_headers is not a JSON object"))?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.get(0))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    header("X-Amz-Date").ok_or_else(|| bad("the request has no X-Amz-Date header"))?;
+    let authorization = header("Authorization").unwrap_or_default();
+    let credential = authorization
+        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| bad("the request is not SigV4-signed"))?;
+    if !authorization.contains("/us-east-1/sts/aws4_request")
+        || !authorization.contains("Signature=")
+    {
+        return Err(bad("the request is not signed for sts in us-east-1"));
+    }
+    Ok(credential.to_owned())
 }
 
 // ---- /validate-token ----

@@ -50,7 +50,7 @@ use tokio::task::JoinSet;
 
 pub use faults::{Fault, FaultKind};
 pub use seed::{AccessType, ItemType, SecretFormat, Seed, SeedAuthMethod, SeedItem};
-pub use state::{READS_LOG_CAPACITY, ReadRecord, Stats};
+pub use state::{LoginRecord, READS_LOG_CAPACITY, ReadRecord, Stats};
 
 use state::{Shared, lock};
 

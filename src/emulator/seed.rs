@@ -53,14 +53,26 @@ pub struct SeedAuthMethod {
     /// The credential `/auth` checks for `access_key` methods.
     #[serde(default)]
     pub access_key: Option<SecretString>,
+    /// `k8s`: the K8s auth config name `/auth` must receive.
+    #[serde(default)]
+    pub k8s_auth_config_name: Option<String>,
+    /// `k8s`, `jwt`, `oidc`: an `aud` the service-account token must carry (any when unset).
+    #[serde(default)]
+    pub bound_audience: Option<String>,
+    /// `gcp`: the `gcp-audience` the ID token must be for (default `akeyless.io`).
+    #[serde(default)]
+    pub gcp_audience: Option<String>,
+    /// `universal_identity`: the `u-` token this method accepts, as `uid-token` on data calls.
+    #[serde(default)]
+    pub uid_token: Option<SecretString>,
     /// Items this identity may read, describe and list: exact names, prefixes ending in `/*`,
     /// or `*` for everything.
     #[serde(default)]
     pub read: Vec<String>,
 }
 
-/// `access-type` of an auth method, as sent to `/auth`. Only `access_key` is implemented; the
-/// others can be seeded (and are answered with a clear error) so the type can grow later.
+/// `access-type` of an auth method, as sent to `/auth`. `cert` can be seeded but `/auth`
+/// answers it with a clear error; every other type checks its credential's format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessType {
@@ -228,6 +240,10 @@ impl fmt::Debug for SeedAuthMethod {
             .field("access_id", &self.access_id)
             .field("access_type", &self.access_type)
             .field("access_key", &self.access_key)
+            .field("k8s_auth_config_name", &self.k8s_auth_config_name)
+            .field("bound_audience", &self.bound_audience)
+            .field("gcp_audience", &self.gcp_audience)
+            .field("uid_token", &self.uid_token)
             .field("read", &self.read)
             .finish()
     }
@@ -327,6 +343,16 @@ impl Seed {
             {
                 return Err(fail(format!(
                     "auth method {id:?} has access_type access_key but no access_key"
+                )));
+            }
+            if method.access_type == AccessType::UniversalIdentity
+                && !method
+                    .uid_token
+                    .as_ref()
+                    .is_some_and(|token| token.expose().starts_with("u-"))
+            {
+                return Err(fail(format!(
+                    "auth method {id:?} has access_type universal_identity but no uid_token (u-...)"
                 )));
             }
             for pattern in &method.read {

@@ -40,6 +40,10 @@ pub struct Stats {
     pub reads: Vec<ReadRecord>,
     /// Reads dropped from the front of the log because it was full.
     pub reads_dropped: u64,
+    /// Successful `/auth` calls, oldest first (at most the last 100 000): which credential each
+    /// issued token came from, so tests can tie every read back to the credential behind it.
+    #[serde(default)]
+    pub logins: Vec<LoginRecord>,
 }
 
 impl Stats {
@@ -61,6 +65,20 @@ pub struct ReadRecord {
     /// The item's canonical name (leading `/`).
     pub item: String,
     pub version: u32,
+}
+
+/// One token issued by `/auth`, and what it was issued for. Only fingerprints, never secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LoginRecord {
+    pub access_id: String,
+    pub access_type: String,
+    /// Fingerprint of the issued token (as in [`ReadRecord::token_fingerprint`]).
+    pub token_fingerprint: String,
+    /// Fingerprint of the credential that proved the identity: the access key, the
+    /// service-account JWT (k8s: after base64 decoding), the cloud-id.
+    pub credential_fingerprint: String,
+    /// `sub` of a JWT credential (k8s, jwt, oidc), e.g. `system:serviceaccount:ns:sa`.
+    pub subject: Option<String>,
 }
 
 /// `"auth"` and `"/auth"` both count as `"/auth"`.
@@ -101,6 +119,10 @@ pub(crate) struct AuthMethod {
     pub access_id: String,
     pub access_type: AccessType,
     pub access_key: Option<SecretString>,
+    pub k8s_auth_config_name: Option<String>,
+    pub bound_audience: Option<String>,
+    pub gcp_audience: Option<String>,
+    pub uid_token: Option<SecretString>,
     pub read: Vec<ReadPattern>,
 }
 
@@ -189,6 +211,7 @@ struct StatsInner {
     tokens_issued: u64,
     reads: VecDeque<ReadRecord>,
     reads_dropped: u64,
+    logins: VecDeque<LoginRecord>,
 }
 
 /// State shared by the listener, every connection and every handle.
@@ -217,6 +240,10 @@ impl Shared {
                     access_id: method.access_id.clone(),
                     access_type: method.access_type,
                     access_key: method.access_key.clone(),
+                    k8s_auth_config_name: method.k8s_auth_config_name.clone(),
+                    bound_audience: method.bound_audience.clone(),
+                    gcp_audience: method.gcp_audience.clone(),
+                    uid_token: method.uid_token.clone(),
                     read: method
                         .read
                         .iter()
@@ -243,13 +270,27 @@ impl Shared {
                 now,
             );
         }
+        // Universal Identity tokens are data credentials from the start.
+        let mut tokens = HashMap::new();
+        for method in &seed.auth_methods {
+            if let Some(uid) = &method.uid_token {
+                tokens.insert(
+                    uid.expose().to_owned(),
+                    TokenInfo {
+                        access_id: method.access_id.clone(),
+                        issued_ms: now,
+                        expires_ms: u64::MAX,
+                    },
+                );
+            }
+        }
         Shared {
             account_id: seed.account_id.clone(),
             token_ttl_ms: seed.token_ttl_seconds.saturating_mul(1000),
             list_page_size: seed.list_page_size.max(1),
             methods,
             items: RwLock::new(items),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(tokens),
             stats: Mutex::new(StatsInner::default()),
             faults: Mutex::new(FaultQueue::default()),
             latency_ms: AtomicU64::new(0),
@@ -306,6 +347,7 @@ impl Shared {
             tokens_issued: stats.tokens_issued,
             reads: stats.reads.iter().cloned().collect(),
             reads_dropped: stats.reads_dropped,
+            logins: stats.logins.iter().cloned().collect(),
         }
     }
 
@@ -342,7 +384,14 @@ impl Shared {
     // ---- tokens ----
 
     /// Issues a fresh `t-` token for `access_id`; returns it with its expiry (unix ms).
-    pub fn issue_token(&self, access_id: &str) -> (String, u64) {
+    /// `credential` fingerprints what proved the identity; `subject` is a JWT's `sub`.
+    pub fn issue_token(
+        &self,
+        access_id: &str,
+        access_type: &str,
+        credential: &str,
+        subject: Option<String>,
+    ) -> (String, u64) {
         let token = format!("t-{}", hex::encode(rand::random::<[u8; 16]>()));
         let now = now_ms();
         let expires_ms = now.saturating_add(self.token_ttl_ms);
@@ -362,15 +411,30 @@ impl Shared {
                 },
             );
         }
-        lock(&self.stats).tokens_issued += 1;
+        let mut stats = lock(&self.stats);
+        stats.tokens_issued += 1;
+        if stats.logins.len() >= READS_LOG_CAPACITY {
+            stats.logins.pop_front();
+        }
+        stats.logins.push_back(LoginRecord {
+            access_id: access_id.to_owned(),
+            access_type: access_type.to_owned(),
+            token_fingerprint: fingerprint(&token),
+            credential_fingerprint: fingerprint(credential),
+            subject,
+        });
+        drop(stats);
         (token, expires_ms)
     }
 
     /// Makes every token issued so far expired.
     pub fn expire_tokens(&self) {
         let now = now_ms();
-        for info in lock(&self.tokens).values_mut() {
-            info.expires_ms = info.expires_ms.min(now.saturating_sub(1));
+        // `t-` tokens only: Universal Identity tokens are not issued by `/auth`.
+        for (token, info) in lock(&self.tokens).iter_mut() {
+            if token.starts_with("t-") {
+                info.expires_ms = info.expires_ms.min(now.saturating_sub(1));
+            }
         }
     }
 

@@ -169,7 +169,10 @@ async fn auth_rejects_bad_credentials() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(error_text(&reply).contains("not implemented"), "{reply}");
+    assert!(
+        error_text(&reply).contains("Missing required parameter - k8s-auth-config-name"),
+        "{reply}"
+    );
     let (status, _) = post(&emulator, "auth", json!({"access-id": 5})).await;
     assert_eq!(status, 400);
     assert_eq!(emulator.calls("auth"), 8);
@@ -1350,4 +1353,152 @@ async fn odd_inputs_never_break_it() {
         assert_eq!(response.status(), 413);
     }
     login(&emulator, DEMO_ID, DEMO_KEY).await;
+}
+
+/// A JWT-shaped token (unsigned: the emulator checks the shape, not the signature).
+fn fake_jwt(claims: Value) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!("{}.{}.c2ln", b64(&json!({"alg": "RS256"})), b64(&claims))
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+}
+
+const IDENTITY_SEED: &str = r#"
+auth_methods:
+  - access_id: p-k8s0001
+    access_type: k8s
+    k8s_auth_config_name: cluster-a
+    bound_audience: akeyless
+    read: ["*"]
+  - access_id: p-jwt0001
+    access_type: jwt
+    read: ["*"]
+  - access_id: p-uid0001
+    access_type: universal_identity
+    uid_token: "u-emulator-uid-1"
+    read: ["/demo/*"]
+  - access_id: p-aws0001
+    access_type: aws_iam
+    read: ["*"]
+  - access_id: p-gcp0001
+    access_type: gcp
+    gcp_audience: custom-aud
+    read: ["*"]
+  - access_id: p-az0001
+    access_type: azure_ad
+    read: ["*"]
+items:
+  - name: /demo/a
+    value: "a-value"
+"#;
+
+#[tokio::test]
+async fn auth_checks_each_credential_format_and_records_logins() {
+    let emulator = start(
+        "127.0.0.1:0".parse().unwrap(),
+        Seed::from_yaml(IDENTITY_SEED).unwrap(),
+    )
+    .await
+    .unwrap();
+    let sa = fake_jwt(json!({"sub": "system:serviceaccount:shop:web", "aud": ["akeyless"]}));
+    let auth = |body: Value| post(&emulator, "auth", body);
+
+    // k8s: base64 of a JWT, the seeded config name, the bound audience.
+    let k8s = |name: &str, token: String| json!({"access-type": "k8s", "access-id": "p-k8s0001", "k8s-auth-config-name": name, "k8s-service-account-token": token});
+    let (status, body) = auth(k8s("cluster-a", b64(&sa))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = auth(k8s("cluster-a", sa.clone())).await;
+    assert_eq!(status, 400, "raw JWT instead of base64: {body}");
+    let (status, body) = auth(k8s("cluster-b", b64(&sa))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(error_text(&body).contains("k8s auth config \"cluster-b\" not found"));
+    let other_aud = fake_jwt(json!({"sub": "x", "aud": "vault"}));
+    let (status, _) = auth(k8s("cluster-a", b64(&other_aud))).await;
+    assert_eq!(status, 401, "wrong audience");
+    let (status, _) = auth(k8s("cluster-a", b64("not.a.jwt"))).await;
+    assert_eq!(status, 400);
+
+    // jwt: JWT-shaped.
+    let (status, _) =
+        auth(json!({"access-type": "jwt", "access-id": "p-jwt0001", "jwt": sa})).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        auth(json!({"access-type": "jwt", "access-id": "p-jwt0001", "jwt": "opaque"})).await;
+    assert_eq!(status, 400);
+
+    // universal_identity: the seeded u- token; it also reads directly as uid-token.
+    let (status, _) = auth(json!({"access-type": "universal_identity", "access-id": "p-uid0001", "uid-token": "u-emulator-uid-1"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = auth(json!({"access-type": "universal_identity", "access-id": "p-uid0001", "uid-token": "t-nope"})).await;
+    assert_eq!(status, 400);
+    let (status, body) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/a"], "uid-token": "u-emulator-uid-1"}),
+    )
+    .await;
+    assert_eq!((status, &body["/demo/a"]), (200, &json!("a-value")));
+
+    // aws_iam: base64 JSON of a signed GetCallerIdentity request.
+    let headers = json!({"X-Amz-Date": ["20260101T000000Z"], "Authorization": ["AWS4-HMAC-SHA256 Credential=ASIAPOD/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=abc"]});
+    let aws = |url: &str| {
+        b64(&json!({
+            "sts_request_method": "POST",
+            "sts_request_url": b64(url),
+            "sts_request_body": b64("Action=GetCallerIdentity&Version=2011-06-15"),
+            "sts_request_headers": b64(&headers.to_string()),
+        })
+        .to_string())
+    };
+    let (status, body) = auth(json!({"access-type": "aws_iam", "access-id": "p-aws0001", "cloud-id": aws("https://sts.amazonaws.com/")})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = auth(json!({"access-type": "aws_iam", "access-id": "p-aws0001", "cloud-id": aws("https://evil/")})).await;
+    assert_eq!(status, 400);
+
+    // gcp: an ID token for the method's audience, sent as gcp-audience too.
+    let id_token = fake_jwt(json!({"aud": "custom-aud", "email": "app@p.iam.gserviceaccount.com"}));
+    let (status, body) = auth(json!({"access-type": "gcp", "access-id": "p-gcp0001", "cloud-id": b64(&id_token), "gcp-audience": "custom-aud"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) =
+        auth(json!({"access-type": "gcp", "access-id": "p-gcp0001", "cloud-id": b64(&id_token)}))
+            .await;
+    assert_eq!(status, 401, "default audience akeyless.io does not match");
+
+    // azure_ad: base64 of an access token.
+    let (status, _) = auth(json!({"access-type": "azure_ad", "access-id": "p-az0001", "cloud-id": b64(&fake_jwt(json!({"sub": "wi"})))})).await;
+    assert_eq!(status, 200);
+    let (status, _) = auth(
+        json!({"access-type": "azure_ad", "access-id": "p-az0001", "cloud-id": b64("opaque")}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let logins = emulator.stats().logins;
+    assert_eq!(logins.len(), 6);
+    let k8s_login = &logins[0];
+    assert_eq!(k8s_login.access_type, "k8s");
+    assert_eq!(
+        k8s_login.subject.as_deref(),
+        Some("system:serviceaccount:shop:web")
+    );
+    assert_eq!(
+        k8s_login.credential_fingerprint,
+        hex::encode(&Sha256::digest(sa.as_bytes())[..4]),
+        "the fingerprint of the decoded service-account JWT"
+    );
+    assert_eq!(logins[3].subject.as_deref(), Some("ASIAPOD"));
+    assert_eq!(
+        logins[4].subject.as_deref(),
+        Some("app@p.iam.gserviceaccount.com")
+    );
+    assert!(
+        !serde_json::to_string(&logins).unwrap().contains(&sa),
+        "never the credential"
+    );
 }

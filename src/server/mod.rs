@@ -8,6 +8,7 @@
 //! mounts within a grace period and removes its socket.
 
 pub mod authority;
+pub mod health;
 
 use std::future::Future;
 use std::io;
@@ -15,13 +16,17 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use tokio::net::UnixListener;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::proto::v1alpha1::csi_driver_provider_server::CsiDriverProviderServer;
 use crate::service::Provider;
+use crate::telemetry::metrics::{Metrics, RejectReason};
 use authority::AuthorityFix;
+use health::Health;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,8 @@ pub struct BoundSocket {
     path: PathBuf,
     /// (device, inode) of our socket file, so shutdown never removes a successor's socket.
     identity: (u64, u64),
+    /// The uid that owns the socket: this process's, always allowed to connect.
+    owner_uid: u32,
 }
 
 impl BoundSocket {
@@ -90,6 +97,7 @@ pub fn bind(path: &Path) -> Result<BoundSocket, ServerError> {
         listener,
         path: path.to_owned(),
         identity: (meta.dev(), meta.ino()),
+        owner_uid: meta.uid(),
     })
 }
 
@@ -121,34 +129,63 @@ fn remove_stale(path: &Path) -> Result<(), ServerError> {
     })
 }
 
-/// Serves the provider on `socket` until `shutdown` resolves, then drains for at most `grace`.
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How long in-flight mounts may finish after the shutdown signal.
+    pub grace: Duration,
+    /// A backstop per request; the service sets tighter deadlines of its own.
+    pub request_timeout: Duration,
+    /// Unix uids allowed to connect (the driver runs as root); the socket owner is added.
+    pub allowed_peer_uids: Vec<u32>,
+}
+
+/// Serves the provider on `socket` until `shutdown` resolves, then reports not-ready, stops
+/// accepting, drains for at most `grace` and removes the socket.
 pub async fn serve(
     socket: BoundSocket,
     provider: Provider,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    request_timeout: Duration,
+    options: ServeOptions,
+    health: Option<Arc<Health>>,
 ) -> Result<(), ServerError> {
     let BoundSocket {
         listener,
         path,
         identity,
+        owner_uid,
     } = socket;
-    let incoming = UnixListenerStream::new(listener).map_ok(AuthorityFix::new);
+    let mut allowed = options.allowed_peer_uids.clone();
+    allowed.push(owner_uid);
+    let metrics = provider.metrics().clone();
+    let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| {
+        let admitted = match accepted {
+            Ok(stream) => admit(stream, &allowed, &metrics).map(|s| Ok(AuthorityFix::new(s))),
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(admitted)
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        // A backstop: the service sets tighter deadlines of its own.
-        .timeout(request_timeout)
+        .timeout(options.request_timeout)
         .add_service(CsiDriverProviderServer::new(provider))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
     tracing::info!(socket = %path.display(), "serving the CSI provider API");
+    if let Some(health) = &health {
+        health.set_serving(true);
+    }
 
+    let grace = options.grace;
     let result = tokio::select! {
         result = &mut server => result.map_err(ServerError::from),
         () = shutdown => {
+            // Not-ready first, so probes and load balancers stop counting on us.
+            if let Some(health) = &health {
+                health.set_serving(false);
+            }
             tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections, draining in-flight mounts");
             let _ = stop_tx.send(());
             match tokio::time::timeout(grace, &mut server).await {
@@ -160,8 +197,33 @@ pub async fn serve(
             }
         }
     };
+    if let Some(health) = &health {
+        health.set_serving(false);
+    }
     remove_own_socket(&path, identity);
     result
+}
+
+/// Admits a connection only from an allowed unix user: the socket mode keeps others out of
+/// the file, this keeps them out even where a mode is loosened or a directory is shared.
+fn admit(stream: UnixStream, allowed: &[u32], metrics: &Metrics) -> Option<UnixStream> {
+    match stream.peer_cred() {
+        Ok(cred) if allowed.contains(&cred.uid()) => Some(stream),
+        Ok(cred) => {
+            metrics.reject(RejectReason::PeerUid);
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "refused a connection from a user that is not allowed (see --allowed-peer-uid)"
+            );
+            None
+        }
+        Err(e) => {
+            metrics.reject(RejectReason::PeerUid);
+            tracing::warn!(error = %e, "refused a connection whose peer credentials cannot be read");
+            None
+        }
+    }
 }
 
 fn remove_own_socket(path: &Path, identity: (u64, u64)) {

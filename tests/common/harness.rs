@@ -48,6 +48,8 @@ pub struct Harness {
     pub akeyless: EmulatorHandle,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub http: std::net::SocketAddr,
     log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
@@ -66,9 +68,11 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("akeyless.sock");
         let log = dir.path().join("provider.log");
+        let http = free_port();
         let mut harness = Self {
             akeyless,
             socket,
+            http,
             log,
             dir,
             child: None,
@@ -91,6 +95,8 @@ impl Harness {
             .arg(&self.socket)
             .arg("--akeyless-url")
             .arg(self.akeyless.url())
+            .arg("--http-addr")
+            .arg(self.http.to_string())
             .args(&self.extra_args)
             .env("AKEYLESS_CSI_LOG_LEVEL", "trace")
             .env("AKEYLESS_CSI_LOG_FORMAT", "json")
@@ -131,6 +137,33 @@ impl Harness {
         }
     }
 
+    /// The provider's process id.
+    pub fn provider_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The provider's resident memory in KiB (from /proc).
+    pub fn provider_rss_kib(&self) -> Option<u64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.provider_pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// GET on the provider's HTTP endpoints: (status, body), or None if nothing answers.
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.http))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.unwrap_or_default()))
+    }
+
     /// Whether the provider process is still running.
     pub fn provider_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -164,6 +197,12 @@ impl Drop for Harness {
             let _ = child.wait();
         }
     }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
 }
 
 async fn wait_for_socket(socket: &Path, child: &mut Option<Child>) {

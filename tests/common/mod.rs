@@ -1,4 +1,6 @@
 //! Shared fixtures of the end-to-end tests.
 
+pub mod cloud;
 pub mod harness;
+pub mod kube_api;
 pub mod python;

@@ -3,6 +3,8 @@
 //! Nothing in this crate logs attributes, secrets, tokens or values; the level only decides how
 //! much of the data path is described.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
