@@ -216,6 +216,11 @@ impl Client {
         })
     }
 
+    /// The metrics this client records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Waits for a slot under the node-wide bound, but never past the deadline and never in a
     /// queue that is already full: a fast, clear refusal beats a mount that hangs until the
     /// driver gives up.

@@ -92,6 +92,11 @@ async fn two_hundred_identical_mounts_cause_one_backend_read() {
         "{text}"
     );
     assert_eq!(
+        metric(&text, r#"akeyless_csi_cache_hits_total{cache="token"}"#),
+        200.0,
+        "every mount after the first reused the token"
+    );
+    assert_eq!(
         metric(
             &text,
             r#"akeyless_csi_mounts_total{outcome="success",code="OK"}"#

@@ -382,6 +382,10 @@ impl Authenticator {
                 .and_then(|e| e.token.as_ref())
                 .filter(|t| t.fresh())
             {
+                self.inner
+                    .client
+                    .metrics()
+                    .cache_hit(crate::telemetry::metrics::CacheKind::Token);
                 return Ok(token.clone());
             }
             if entries.len() >= self.inner.options.max_identities {
