@@ -602,7 +602,7 @@ fn too_large(command: &str, limit: usize) -> ApiError {
 }
 
 /// A transport error in words, without the URL (it is named elsewhere) or any body.
-fn transport_reason(e: &reqwest::Error) -> String {
+pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -641,7 +641,7 @@ pub fn server_message(body: &[u8], scrub: &[&str]) -> String {
 }
 
 /// At most 300 characters, no control characters, and none of the credentials we sent.
-fn sanitize(text: &str, scrub: &[&str]) -> String {
+pub(crate) fn sanitize(text: &str, scrub: &[&str]) -> String {
     let mut text = text.to_owned();
     for secret in scrub.iter().filter(|s| s.len() >= 4) {
         text = text.replace(secret, "[redacted]");

@@ -6,6 +6,7 @@
 //! transport failures and 5xx only, and error texts that are shortened and scrubbed of every
 //! credential sent or received.
 
+use crate::akeyless::{sanitize, transport_reason};
 use std::time::Duration;
 
 use crate::akeyless::Deadline;
@@ -139,43 +140,6 @@ fn message(body: &[u8], scrub: &[&str]) -> String {
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
     };
     sanitize(&text, scrub)
-}
-
-/// At most 300 characters, no control characters, none of `scrub`.
-pub(crate) fn sanitize(text: &str, scrub: &[&str]) -> String {
-    let mut text = text.to_owned();
-    for secret in scrub.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(secret, "[redacted]");
-    }
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect();
-    if text.chars().count() > 300 {
-        out.push('…');
-    }
-    out
-}
-
-fn transport_reason(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "transport error"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = None;
-    while let Some(s) = source {
-        detail = Some(s.to_string());
-        source = s.source();
-    }
-    match detail {
-        Some(d) => format!("{kind}: {}", sanitize(&d, &[])),
-        None => kind.to_owned(),
-    }
 }
 
 /// A field of a JSON answer, or an error naming what is missing (never the body).

@@ -16,8 +16,9 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::AuthError;
-use super::exchange::{ExchangeError, sanitize};
+use super::exchange::ExchangeError;
 use crate::akeyless::Deadline;
+use crate::akeyless::sanitize;
 use crate::secret::SecretString;
 
 /// Lifetime asked for requested tokens: the API's minimum, enough for one login.
