@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// all nodes; overrides --version-key-file.
     #[arg(long, env = "AKEYLESS_CSI_VERSION_KEY", hide_env_values = true)]
     pub version_key: Option<String>,
+    /// Mirror values into Kubernetes Secrets for SecretProviderClasses with `secretSync` (uses
+    /// --kube-api-url, else in-cluster config). Needs RBAC: get secretproviderclasses; get,
+    /// create, update secrets.
+    #[arg(long, env = "AKEYLESS_CSI_SYNC_SECRETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sync_secrets: bool,
     /// Identity: allow-list, node identity, provider defaults, cloud endpoints (boxed: large).
     #[command(flatten)]
     pub identity: Box<crate::auth::flags::IdentityArgs>,
@@ -173,6 +178,9 @@ impl ServeArgs {
                 default_url: self.akeyless_url.clone(),
                 mount_timeout: self.mount_timeout,
                 result_cache_ttl: self.result_cache_ttl,
+                secret_sync: self
+                    .sync_secrets
+                    .then(|| crate::sync::SecretSync::new(self.identity.kube_api_url.clone())),
             },
             client,
             authenticator,

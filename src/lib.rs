@@ -2,16 +2,21 @@
 //!
 //! A mount travels through one module per stage:
 //!
-//! 1. [`server`] binds the owner-only unix socket the driver dials, repairs the HTTP/2
-//!    `:authority` of old drivers ([`server::authority`]) and drains on shutdown;
-//! 2. [`service`] implements `v1alpha1.CSIDriverProvider` (`Version`, `Mount`) and maps every
-//!    failure to a `tonic::Status` that names the object and the fix;
+//! 1. [`server`] binds the owner-only unix socket the driver dials, admits only allowed peer
+//!    users, repairs the HTTP/2 `:authority` of old drivers ([`server::authority`]), serves the
+//!    probes and metrics ([`server::health`]) and drains on shutdown;
+//! 2. [`service`] implements `v1alpha1.CSIDriverProvider` (`Version`, `Mount`): bounds each mount
+//!    by its deadline, shares identical reads, contains panics, writes the audit event, and maps
+//!    every failure to a `tonic::Status` that names the object and the fix;
 //! 3. [`params`] parses the request's JSON strings once into a typed [`params::MountConfig`];
 //! 4. [`auth`] turns the pod's identity into an Akeyless token, cached per identity;
-//! 5. [`akeyless`] talks to the Akeyless API (SaaS or Gateway) over HTTP with retries and deadlines;
-//! 6. [`render`] shapes fetched values into files with modes and object versions.
+//! 5. [`akeyless`] talks to the Akeyless API (SaaS or Gateway) over HTTP with retries, deadlines
+//!    and a node-wide bound on calls;
+//! 6. [`render`] shapes fetched values into files with modes and object versions;
+//! 7. [`sync`] mirrors values into Kubernetes Secrets when the SPC has `secretSync` (opt-in).
 //!
-//! Around them: [`secret`] (types that never print secret material), [`telemetry`] (logs),
+//! Around them: [`secret`] (types that never print secret material), [`telemetry`] (logs and
+//! metrics),
 //! [`cli`] (flags), and the developer tools [`emulator`] (an Akeyless-compatible API on loopback),
 //! [`mount_cli`] (a driver-equivalent client) and [`demo`].
 #![forbid(unsafe_code)]
@@ -28,4 +33,5 @@ pub mod render;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod sync;
 pub mod telemetry;

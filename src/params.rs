@@ -57,6 +57,9 @@ pub struct MountConfig {
     pub spc_name: Option<String>,
     /// Informational: the tmpfs the driver mounted; the driver writes the files itself.
     pub target_path: String,
+    /// The request's `secretSync*` attributes as sent; [`crate::sync`] checks them against the
+    /// SecretProviderClass object and never takes a mapping from them.
+    pub sync_attributes: BTreeMap<String, String>,
 }
 
 /// How the pod authenticates to Akeyless, as the SPC (and its nodePublishSecretRef) says.
@@ -290,6 +293,11 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
         pod,
         spc_name: attr(keys::SPC_NAME).map(str::to_owned),
         target_path: request.target_path.clone(),
+        sync_attributes: attributes
+            .iter()
+            .filter(|(k, _)| k.starts_with(crate::sync::PARAMETER_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 

@@ -1,7 +1,8 @@
 //! The gRPC service `v1alpha1.CSIDriverProvider`: where a mount is orchestrated.
 //!
 //! `Mount` = [`params::parse`] → [`auth::Identity`] → token from the [`auth::Authenticator`] →
-//! one batched [`akeyless::Client::get_secret_values`] per pinned version → [`render::render`].
+//! one batched [`akeyless::Client::get_secret_values`] per pinned version → [`render::render`]
+//! (→ [`crate::sync`] when the SPC mirrors values into Kubernetes Secrets).
 //! Every failure becomes a [`MountError`], mapped explicitly to a gRPC code, whose message names
 //! the SecretProviderClass, the objects and the fix — and never a value, key or token.
 
@@ -41,6 +42,8 @@ pub struct ProviderOptions {
     /// Rotation polls then cost no Akeyless call, at the price of seeing a change (or a
     /// revoked permission) up to this much later.
     pub result_cache_ttl: Duration,
+    /// `--sync-secrets`: mirroring into Kubernetes Secrets ([`crate::sync`]); `None` = off.
+    pub secret_sync: Option<crate::sync::SecretSync>,
 }
 
 /// Most cached read results kept; expired ones go first, from this many entries on.
@@ -152,8 +155,15 @@ impl Provider {
         let identity = (self.inner.auth)
             .identity(base, config)
             .map_err(|e| MountError::from_auth(e, config))?;
-        let values = self.fetch(&identity, config, deadline).await?;
+        // The Secrets' items join the files' batched reads; the mapping comes from the SPC object.
+        let sync =
+            crate::sync::prepare(self.inner.options.secret_sync.as_ref(), config, deadline).await?;
+        let extra = sync.as_ref().map(|p| p.items()).unwrap_or_default();
+        let values = self.fetch(&identity, config, &extra, deadline).await?;
         let rendered = render::render(&config.objects, &values, &self.inner.version_key)?;
+        if let Some(plan) = &sync {
+            plan.apply(&values, deadline).await?;
+        }
         Ok(MountResponse {
             object_version: rendered.versions,
             error: None,
@@ -167,6 +177,7 @@ impl Provider {
         &self,
         identity: &Identity,
         config: &MountConfig,
+        extra: &[ItemRef],
         deadline: Deadline,
     ) -> Result<Values, MountError> {
         let mut batches: BTreeMap<Option<u32>, BTreeSet<String>> = BTreeMap::new();
@@ -175,6 +186,12 @@ impl Provider {
                 .entry(object.version)
                 .or_default()
                 .insert(object.secret_path.clone());
+        }
+        for item in extra {
+            batches
+                .entry(item.version)
+                .or_default()
+                .insert(item.name.clone());
         }
         let mut retried = false;
         loop {
@@ -520,6 +537,8 @@ pub enum MountError {
     Render(#[from] RenderError),
     #[error("{0}")]
     Internal(String),
+    #[error("secret sync: {0}")]
+    Sync(#[from] crate::sync::SyncError),
     #[error("SecretProviderClass {spc}: {source}")]
     Within {
         spc: String,
@@ -542,6 +561,7 @@ impl MountError {
             Self::Overloaded(_) => Code::ResourceExhausted,
             Self::Rejected(_) | Self::Render(_) => Code::FailedPrecondition,
             Self::Internal(_) => Code::Internal,
+            Self::Sync(e) => e.code(),
             Self::Within { source, .. } => source.code(),
         }
     }

@@ -1,0 +1,491 @@
+//! Mirroring mounted values into Kubernetes Secrets, with ExternalSecret-style mappings.
+//!
+//! An SPC opts in with the `secretSync` parameter (a YAML list of `{target, data, dataFrom}`,
+//! [`mapping`]); the admin enables the feature with `--sync-secrets`. During a mount:
+//!
+//! 1. [`prepare`] reads the mapping from the SecretProviderClass object in the API server — never
+//!    from the mount's attributes, which a pod author can override — and refuses a mount whose
+//!    attributes differ from it;
+//! 2. the service fetches [`Plan::items`] in the same batched Akeyless reads as the files;
+//! 3. [`Plan::apply`] builds each Secret ([`template`]) and writes it only when it changed
+//!    ([`write`]), in the pod's namespace only.
+
+pub mod mapping;
+pub mod template;
+pub mod write;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::akeyless::{Deadline, ItemRef};
+use crate::params::MountConfig;
+use crate::render::Values;
+use crate::secret::SecretBytes;
+use mapping::{CreationPolicy, Decoding, FailurePolicy, Mapping, RemoteRef, Target};
+
+/// The SPC parameter holding the mapping.
+pub const SECRET_SYNC: &str = "secretSync";
+/// The SPC parameter choosing whether a failed sync fails the mount (`Fail`) or warns (`Warn`).
+pub const FAILURE_POLICY: &str = "secretSyncFailurePolicy";
+/// Request attributes compared with the SPC object: every key starting with this.
+pub const PARAMETER_PREFIX: &str = "secretSync";
+/// The flag that enables the feature.
+pub const FLAG: &str = "--sync-secrets (AKEYLESS_CSI_SYNC_SECRETS=true)";
+
+/// The feature, enabled by the admin: the Kubernetes API client, built on first use.
+#[derive(Clone)]
+pub struct SecretSync {
+    api_url: Option<Url>,
+    client: Arc<OnceCell<kube::Client>>,
+}
+
+impl std::fmt::Debug for SecretSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSync")
+            .field("api_url", &self.api_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a sync failed (or was refused); each variant has one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "the SecretProviderClass sets {SECRET_SYNC}, but mirroring into Kubernetes Secrets is off on this provider; the admin enables it with {FLAG} and grants its RBAC (README, \"Mirroring into Kubernetes Secrets\"), or remove {SECRET_SYNC}"
+    )]
+    Disabled,
+    #[error(
+        "the volume attributes change {0}: the mapping is read only from the SecretProviderClass object, and a pod may not override it; remove {0} from the pod's volumeAttributes"
+    )]
+    Injected(String),
+    #[error("{0}")]
+    Invalid(#[from] mapping::MappingError),
+    #[error(
+        "SecretProviderClass {0} was not found in the API server (the mapping is read from there); check that it exists in the pod's namespace"
+    )]
+    SpcMissing(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the sync did not finish before the mount's deadline")]
+    DeadlineExceeded,
+}
+
+impl SyncError {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::Disabled | Self::SpcMissing(_) | Self::Refused(_) => Code::FailedPrecondition,
+            Self::Injected(_) | Self::Forbidden(_) => Code::PermissionDenied,
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl SecretSync {
+    /// `api_url`: `--kube-api-url`, else the in-cluster configuration.
+    pub fn new(api_url: Option<Url>) -> Self {
+        Self {
+            api_url,
+            client: Arc::new(OnceCell::new()),
+        }
+    }
+
+    async fn client(&self) -> Result<kube::Client, SyncError> {
+        let fail = |why: String| SyncError::Unavailable(format!("Kubernetes API: {why}"));
+        self.client
+            .get_or_try_init(|| async {
+                let config = match &self.api_url {
+                    Some(url) => kube::Config::new(
+                        url.as_str()
+                            .parse()
+                            .map_err(|_| fail(format!("{url} is not a usable URL")))?,
+                    ),
+                    None => kube::Config::infer()
+                        .await
+                        .map_err(|e| fail(format!("no client configuration: {e}")))?,
+                };
+                kube::Client::try_from(config).map_err(|e| fail(format!("no client: {e}")))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The SecretProviderClass as the API server has it.
+struct SpcObject {
+    uid: String,
+    parameters: BTreeMap<String, String>,
+}
+
+/// The mapping of one mount, ready to apply.
+pub struct Plan {
+    client: kube::Client,
+    namespace: String,
+    spc: String,
+    spc_uid: String,
+    mapping: Mapping,
+}
+
+/// Reads the mapping of this mount, if it has one. `None`: nothing to sync.
+///
+/// Drivers up to v1.5 omit `secretProviderClass` on rotation calls: the SPC object cannot be
+/// found, so the sync is skipped (debug log) and the files are served; the next mount by a
+/// current driver, or the pod's next start, syncs again. A mapping is never taken from the
+/// attributes alone.
+pub async fn prepare(
+    sync: Option<&SecretSync>,
+    config: &MountConfig,
+    deadline: Deadline,
+) -> Result<Option<Plan>, SyncError> {
+    let attributes = &config.sync_attributes;
+    if attributes.is_empty() {
+        return Ok(None);
+    }
+    let Some(sync) = sync else {
+        return Err(SyncError::Disabled);
+    };
+    let Some(spc) = config.spc_name.as_deref() else {
+        tracing::debug!(
+            "no secretProviderClass attribute (a driver up to v1.5 rotating): secret sync skipped"
+        );
+        return Ok(None);
+    };
+    let namespace = config.pod.namespace.as_str();
+    if namespace.is_empty() {
+        return Err(SyncError::Refused(
+            "the driver sent no pod namespace, so no Secret can be written; enable podInfoOnMount on the CSIDriver".into(),
+        ));
+    }
+    let client = sync.client().await?;
+    let object = within(deadline, get_spc(&client, namespace, spc)).await??;
+    // What the driver merged from the SPC must be exactly what the SPC says.
+    let keys: BTreeSet<&String> = attributes
+        .keys()
+        .chain(
+            object
+                .parameters
+                .keys()
+                .filter(|k| k.starts_with(PARAMETER_PREFIX)),
+        )
+        .collect();
+    for key in keys {
+        if attributes.get(key) != object.parameters.get(key) {
+            return Err(SyncError::Injected(key.clone()));
+        }
+    }
+    let Some(text) = object.parameters.get(SECRET_SYNC) else {
+        return Ok(None);
+    };
+    let failure = object.parameters.get(FAILURE_POLICY).map(String::as_str);
+    let mapping = mapping::parse(text, failure, namespace)?;
+    Ok(Some(Plan {
+        client,
+        namespace: namespace.to_owned(),
+        spc: spc.to_owned(),
+        spc_uid: object.uid,
+        mapping,
+    }))
+}
+
+async fn within<T>(deadline: Deadline, call: impl Future<Output = T>) -> Result<T, SyncError> {
+    tokio::time::timeout_at(deadline.instant(), call)
+        .await
+        .map_err(|_| SyncError::DeadlineExceeded)
+}
+
+async fn get_spc(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<SpcObject, SyncError> {
+    let gvk = GroupVersionKind::gvk("secrets-store.csi.x-k8s.io", "v1", "SecretProviderClass");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "secretproviderclasses");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let object = match api.get_opt(name).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return Err(SyncError::SpcMissing(format!("{namespace}/{name}"))),
+        Err(e) => {
+            return Err(write::api_error(
+                e,
+                "get",
+                "secretproviderclasses.secrets-store.csi.x-k8s.io",
+                namespace,
+            ));
+        }
+    };
+    let parameters = object
+        .data
+        .pointer("/spec/parameters")
+        .and_then(|p| p.as_object())
+        .map(|p| {
+            p.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(SpcObject {
+        uid: object.metadata.uid.unwrap_or_default(),
+        parameters,
+    })
+}
+
+impl Plan {
+    /// The items (and pinned versions) the Secrets need, to join the mount's batched reads.
+    pub fn items(&self) -> Vec<ItemRef> {
+        let mut items = BTreeSet::new();
+        for target in self.written() {
+            for remote in target
+                .data_from
+                .iter()
+                .chain(target.data.iter().map(|d| &d.remote))
+            {
+                items.insert((remote.key.clone(), remote.version));
+            }
+        }
+        items
+            .into_iter()
+            .map(|(name, version)| ItemRef { name, version })
+            .collect()
+    }
+
+    fn written(&self) -> impl Iterator<Item = &Target> {
+        self.mapping
+            .targets
+            .iter()
+            .filter(|t| t.creation != CreationPolicy::None)
+    }
+
+    /// Writes every target Secret that changed. Under `secretSyncFailurePolicy: Warn` a failure
+    /// is logged (without values) and the mount goes on.
+    pub async fn apply(&self, values: &Values, deadline: Deadline) -> Result<(), SyncError> {
+        let outcome = within(deadline, self.apply_all(values))
+            .await
+            .and_then(|r| r);
+        match outcome {
+            Err(error) if self.mapping.on_failure == FailurePolicy::Warn => {
+                tracing::warn!(
+                    spc = %self.spc,
+                    namespace = %self.namespace,
+                    error = %error,
+                    "secret sync failed; the files are served ({FAILURE_POLICY}: Warn)"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_all(&self, values: &Values) -> Result<(), SyncError> {
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        for target in self.written() {
+            let data = build_data(target, values)
+                .map_err(|why| SyncError::Refused(format!("Secret {}: {why}", target.name)))?;
+            let desired = write::Desired {
+                target,
+                namespace: &self.namespace,
+                spc: &self.spc,
+                spc_uid: &self.spc_uid,
+                data,
+            };
+            let outcome = write::apply(&api, &desired).await?;
+            tracing::info!(
+                spc = %self.spc,
+                namespace = %self.namespace,
+                secret = %target.name,
+                outcome = outcome.as_str(),
+                "secret sync"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The data of one Secret: `dataFrom` in order, then `data`, then `template.data`.
+fn build_data(target: &Target, values: &Values) -> Result<BTreeMap<String, SecretBytes>, String> {
+    let mut data = BTreeMap::new();
+    for (i, remote) in target.data_from.iter().enumerate() {
+        let value = lookup(remote, values)?;
+        let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
+            format!(
+                "dataFrom[{i}] ({}): the value is not a JSON object; use data with a secretKey instead",
+                remote.key
+            )
+        })?;
+        let serde_json::Value::Object(map) = json else {
+            return Err(format!(
+                "dataFrom[{i}] ({}): the value is not a JSON object",
+                remote.key
+            ));
+        };
+        for (key, value) in map {
+            // ExternalSecret's Default conversion: any other character becomes `_`.
+            let key: String = key
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if !mapping::valid_key(&key) {
+                continue;
+            }
+            let bytes = match value {
+                serde_json::Value::String(s) => s.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            data.insert(key, decode(SecretBytes::new(bytes), remote.decoding));
+        }
+    }
+    for entry in &target.data {
+        let value = lookup(&entry.remote, values)
+            .map_err(|why| format!("data {}: {why}", entry.secret_key))?;
+        data.insert(
+            entry.secret_key.clone(),
+            decode(value, entry.remote.decoding),
+        );
+    }
+    let context = data.clone();
+    for (key, template) in &target.templates {
+        let value = template
+            .render(&context)
+            .map_err(|why| format!("template.data[{key}]: {why}"))?;
+        data.insert(key.clone(), value);
+    }
+    Ok(data)
+}
+
+/// The fetched value of a remote ref, or its property.
+fn lookup(remote: &RemoteRef, values: &Values) -> Result<SecretBytes, String> {
+    let item = ItemRef {
+        name: remote.key.clone(),
+        version: remote.version,
+    };
+    let value = values
+        .get(&item)
+        .ok_or_else(|| format!("item {} was not fetched", remote.key))?;
+    let Some(path) = &remote.property else {
+        return Ok(value.clone());
+    };
+    let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
+        format!(
+            "property {path:?} of {} was requested but the value is not JSON",
+            remote.key
+        )
+    })?;
+    let found = json.get(path).or_else(|| {
+        path.split('.').try_fold(&json, |v, segment| match v {
+            serde_json::Value::Array(a) => segment.parse::<usize>().ok().and_then(|i| a.get(i)),
+            other => other.get(segment),
+        })
+    });
+    match found {
+        Some(serde_json::Value::String(s)) => Ok(SecretBytes::new(s.as_bytes().to_vec())),
+        Some(other) => Ok(SecretBytes::new(other.to_string().into_bytes())),
+        None => Err(format!(
+            "property {path:?} is not in the value of {}",
+            remote.key
+        )),
+    }
+}
+
+fn decode(value: SecretBytes, decoding: Decoding) -> SecretBytes {
+    let text = || String::from_utf8_lossy(value.expose()).trim().to_owned();
+    let decoded = match decoding {
+        Decoding::None => None,
+        Decoding::Base64 => STANDARD.decode(text()).ok(),
+        Decoding::Base64Url => URL_SAFE.decode(text()).ok(),
+        Decoding::Auto => STANDARD
+            .decode(text())
+            .or_else(|_| URL_SAFE.decode(text()))
+            .ok(),
+    };
+    decoded.map(SecretBytes::new).unwrap_or(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(items: &[(&str, Option<u32>, &str)]) -> Values {
+        items
+            .iter()
+            .map(|(n, v, value)| {
+                (
+                    ItemRef {
+                        name: n.to_string(),
+                        version: *v,
+                    },
+                    SecretBytes::new(value.as_bytes().to_vec()),
+                )
+            })
+            .collect()
+    }
+
+    fn text(data: &BTreeMap<String, SecretBytes>, key: &str) -> String {
+        String::from_utf8(data[key].expose().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn data_from_then_data_then_templates() {
+        let m = mapping::parse(
+            r#"
+- target:
+    name: app
+    template: {data: {url: "{{ .user }}@{{ .host }}"}}
+  dataFrom:
+    - extract: {key: /cfg}
+  data:
+    - secretKey: user
+      remoteRef: {key: /db, property: username, version: 2}
+    - secretKey: blob
+      remoteRef: {key: /b64, decodingStrategy: Base64}
+"#,
+            None,
+            "ns",
+        )
+        .unwrap();
+        let v = values(&[
+            ("/cfg", None, r#"{"user":"cfg-user","host":"db","a b":1}"#),
+            ("/db", Some(2), r#"{"username":"app"}"#),
+            ("/b64", None, "aGk="),
+        ]);
+        let data = build_data(&m.targets[0], &v).unwrap();
+        assert_eq!(text(&data, "user"), "app", "data overrides dataFrom");
+        assert_eq!(text(&data, "host"), "db");
+        assert_eq!(text(&data, "a_b"), "1", "keys are converted");
+        assert_eq!(text(&data, "blob"), "hi");
+        assert_eq!(
+            text(&data, "url"),
+            "app@db",
+            "templates see the merged data"
+        );
+    }
+
+    #[test]
+    fn lookup_errors_never_show_values() {
+        let remote = RemoteRef {
+            key: "/db".into(),
+            property: Some("nope".into()),
+            version: None,
+            decoding: Decoding::None,
+        };
+        let e = lookup(&remote, &values(&[("/db", None, r#"{"pw":"SECRETMARK"}"#)])).unwrap_err();
+        assert!(e.contains("\"nope\" is not in the value of /db") && !e.contains("SECRETMARK"));
+    }
+}

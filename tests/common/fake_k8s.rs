@@ -1,0 +1,446 @@
+//! An in-process fake Kubernetes API server for secret sync, speaking real HTTP and JSON on
+//! 127.0.0.1: what the provider's kube-rs client calls, with the API server's own rules.
+//!
+//! Covered: `GET` of a namespaced `secrets-store.csi.x-k8s.io/v1` SecretProviderClass; Secrets
+//! `GET` (404 when absent), `POST` (409 AlreadyExists), `PUT` (resourceVersion required, 409 on
+//! a stale one, 422 on a type change — Secret types are immutable), with `fieldManager`
+//! recorded in `managedFields`; `uid`, `resourceVersion` and `ownerReferences` kept as the API
+//! server keeps them; the type validation of `kubernetes.io/basic-auth`, `kubernetes.io/tls`
+//! and `kubernetes.io/dockerconfigjson`; 403 with the API server's message for denied verbs.
+//! Not covered: PATCH / server-side apply, watches, lists, garbage collection, admission.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+/// One write the fake accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub verb: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub field_manager: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    spcs: BTreeMap<(String, String), Value>,
+    secrets: BTreeMap<(String, String), Value>,
+    next_version: u64,
+    writes: Vec<Write>,
+    spc_gets: u64,
+    /// (verb, resource) pairs answered with 403.
+    denied: BTreeSet<(String, String)>,
+    /// PUTs still to be answered as if another writer had just changed the Secret.
+    conflicts: usize,
+    conflicts_served: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeK8s {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+type Shared = State<Arc<Mutex<Inner>>>;
+
+impl FakeK8s {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            next_version: 100,
+            ..Inner::default()
+        }));
+        let app = Router::new()
+            .route(
+                "/apis/secrets-store.csi.x-k8s.io/v1/namespaces/{ns}/secretproviderclasses/{name}",
+                get(get_spc),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets",
+                axum::routing::post(create_secret),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets/{name}",
+                get(get_secret).put(replace_secret),
+            )
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stores a SecretProviderClass with these parameters; returns its uid.
+    pub fn put_spc(&self, namespace: &str, name: &str, parameters: &[(&str, &str)]) -> String {
+        let uid = format!("spc-uid-{namespace}-{name}");
+        let params: BTreeMap<&str, &str> = parameters.iter().copied().collect();
+        self.lock().spcs.insert(
+            (namespace.to_owned(), name.to_owned()),
+            json!({
+                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                "kind": "SecretProviderClass",
+                "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": "1"},
+                "spec": {"provider": "akeyless", "parameters": params},
+            }),
+        );
+        uid
+    }
+
+    /// Stores a Secret as a user would have created it (string values).
+    pub fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        secret_type: &str,
+        annotations: &[(&str, &str)],
+        data: &[(&str, &str)],
+    ) {
+        let mut inner = self.lock();
+        inner.next_version += 1;
+        let version = inner.next_version.to_string();
+        let data: BTreeMap<&str, String> =
+            data.iter().map(|(k, v)| (*k, STANDARD.encode(v))).collect();
+        let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        inner.secrets.insert(
+            (namespace.to_owned(), name.to_owned()),
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "type": secret_type, "data": data,
+                "metadata": {"name": name, "namespace": namespace, "uid": format!("user-{name}"),
+                             "resourceVersion": version, "annotations": annotations},
+            }),
+        );
+    }
+
+    /// The Secret as stored.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The Secret's data, decoded.
+    pub fn data(&self, namespace: &str, name: &str) -> BTreeMap<String, String> {
+        let Some(secret) = self.secret(namespace, name) else {
+            return BTreeMap::new();
+        };
+        secret["data"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let bytes = STANDARD.decode(v.as_str().unwrap_or_default()).unwrap();
+                        (k.clone(), String::from_utf8(bytes).unwrap())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn secret_names(&self) -> Vec<(String, String)> {
+        self.lock().secrets.keys().cloned().collect()
+    }
+
+    pub fn writes(&self) -> Vec<Write> {
+        self.lock().writes.clone()
+    }
+
+    pub fn spc_gets(&self) -> u64 {
+        self.lock().spc_gets
+    }
+
+    /// Answers `verb` on `resource` (e.g. "create", "secrets") with 403 from now on.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.lock()
+            .denied
+            .insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// The next `n` PUTs find the Secret changed by someone else (409).
+    pub fn conflict_next_updates(&self, n: usize) {
+        self.lock().conflicts = n;
+    }
+
+    pub fn conflicts_served(&self) -> usize {
+        self.lock().conflicts_served
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn lock(inner: &Arc<Mutex<Inner>>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+fn forbidden(
+    inner: &Inner,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    ns: &str,
+    name: &str,
+) -> Option<Response> {
+    inner
+        .denied
+        .contains(&(verb.to_owned(), resource.to_owned()))
+        .then(|| {
+            let qualified = if group.is_empty() {
+                resource.to_owned()
+            } else {
+                format!("{resource}.{group}")
+            };
+            status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{qualified} \"{name}\" is forbidden: User \"system:serviceaccount:kube-system:akeyless-csi-provider\" cannot {verb} resource \"{resource}\" in API group \"{group}\" in the namespace \"{ns}\""
+                ),
+            )
+        })
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{resource} \"{name}\" not found"),
+    )
+}
+
+async fn get_spc(State(inner): Shared, Path((ns, name)): Path<(String, String)>) -> Response {
+    let mut inner = lock(&inner);
+    inner.spc_gets += 1;
+    if let Some(r) = forbidden(
+        &inner,
+        "get",
+        "secretproviderclasses",
+        "secrets-store.csi.x-k8s.io",
+        &ns,
+        &name,
+    ) {
+        return r;
+    }
+    match inner.spcs.get(&(ns, name.clone())) {
+        Some(spc) => axum::Json(spc.clone()).into_response(),
+        None => not_found("secretproviderclasses.secrets-store.csi.x-k8s.io", &name),
+    }
+}
+
+async fn get_secret(State(inner): Shared, Path((ns, name)): Path<(String, String)>) -> Response {
+    let inner = lock(&inner);
+    if let Some(r) = forbidden(&inner, "get", "secrets", "", &ns, &name) {
+        return r;
+    }
+    match inner.secrets.get(&(ns, name.clone())) {
+        Some(s) => axum::Json(s.clone()).into_response(),
+        None => not_found("secrets", &name),
+    }
+}
+
+/// What the API server's Secret validation refuses (the type-specific rules).
+fn invalid(secret: &Value) -> Option<String> {
+    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+    let data = secret["data"].as_object().cloned().unwrap_or_default();
+    let missing = |key: &str| format!("Secret \"{name}\" is invalid: data[{key}]: Required value");
+    match secret["type"].as_str().unwrap_or("Opaque") {
+        "kubernetes.io/basic-auth"
+            if !data.contains_key("username") && !data.contains_key("password") =>
+        {
+            Some(missing("username"))
+        }
+        "kubernetes.io/tls" if !data.contains_key("tls.crt") => Some(missing("tls.crt")),
+        "kubernetes.io/tls" if !data.contains_key("tls.key") => Some(missing("tls.key")),
+        "kubernetes.io/dockerconfigjson" => {
+            let Some(raw) = data.get(".dockerconfigjson") else {
+                return Some(missing(".dockerconfigjson"));
+            };
+            let bytes = STANDARD
+                .decode(raw.as_str().unwrap_or_default())
+                .unwrap_or_default();
+            serde_json::from_slice::<Value>(&bytes).err().map(|_| {
+                format!("Secret \"{name}\" is invalid: data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": invalid character")
+            })
+        }
+        _ => None,
+    }
+}
+
+fn stamp(inner: &mut Inner, secret: &mut Value, manager: Option<&str>, operation: &str) {
+    inner.next_version += 1;
+    secret["metadata"]["resourceVersion"] = json!(inner.next_version.to_string());
+    if let Some(manager) = manager {
+        let fields = secret["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut fields: Vec<Value> = fields
+            .into_iter()
+            .filter(|f| f["manager"] != manager)
+            .collect();
+        fields.push(json!({"manager": manager, "operation": operation, "apiVersion": "v1"}));
+        secret["metadata"]["managedFields"] = json!(fields);
+    }
+}
+
+async fn create_secret(
+    State(inner): Shared,
+    Path(ns): Path<String>,
+    RawQuery(query): RawQuery,
+    axum::Json(mut secret): axum::Json<Value>,
+) -> Response {
+    let mut inner = lock(&inner);
+    let name = secret["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(r) = forbidden(&inner, "create", "secrets", "", &ns, &name) {
+        return r;
+    }
+    if secret["metadata"]["namespace"]
+        .as_str()
+        .is_some_and(|n| n != ns)
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        );
+    }
+    if inner.secrets.contains_key(&(ns.clone(), name.clone())) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("secrets \"{name}\" already exists"),
+        );
+    }
+    if let Some(why) = invalid(&secret) {
+        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
+    }
+    secret["metadata"]["namespace"] = json!(ns);
+    secret["metadata"]["uid"] = json!(format!("uid-{ns}-{name}"));
+    secret["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    if secret["type"].is_null() {
+        secret["type"] = json!("Opaque");
+    }
+    let manager = field_manager(query.as_deref());
+    stamp(&mut inner, &mut secret, manager.as_deref(), "Update");
+    inner.writes.push(Write {
+        verb: "create",
+        namespace: ns.clone(),
+        name: name.clone(),
+        field_manager: manager,
+    });
+    inner.secrets.insert((ns, name), secret.clone());
+    (StatusCode::CREATED, axum::Json(secret)).into_response()
+}
+
+async fn replace_secret(
+    State(inner): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    axum::Json(mut secret): axum::Json<Value>,
+) -> Response {
+    let mut inner = lock(&inner);
+    if let Some(r) = forbidden(&inner, "update", "secrets", "", &ns, &name) {
+        return r;
+    }
+    let Some(current) = inner.secrets.get(&(ns.clone(), name.clone())).cloned() else {
+        return not_found("secrets", &name);
+    };
+    if inner.conflicts > 0 {
+        // Another writer got there first.
+        inner.conflicts -= 1;
+        inner.conflicts_served += 1;
+        let mut changed = current.clone();
+        stamp(&mut inner, &mut changed, Some("someone-else"), "Update");
+        inner.secrets.insert((ns.clone(), name.clone()), changed);
+    }
+    let current = inner.secrets[&(ns.clone(), name.clone())].clone();
+    let Some(sent) = secret["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned)
+    else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            &format!(
+                "Secret \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            ),
+        );
+    };
+    if current["metadata"]["resourceVersion"].as_str() != Some(sent.as_str()) {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on secrets \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    if secret["type"].is_null() {
+        secret["type"] = json!("Opaque");
+    }
+    if secret["type"] != current["type"] {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            &format!(
+                "Secret \"{name}\" is invalid: type: Invalid value: {}: field is immutable",
+                secret["type"]
+            ),
+        );
+    }
+    if let Some(why) = invalid(&secret) {
+        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why);
+    }
+    // What the server owns stays the server's.
+    for key in ["uid", "creationTimestamp", "namespace", "name"] {
+        secret["metadata"][key] = current["metadata"][key].clone();
+    }
+    secret["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
+    let manager = field_manager(query.as_deref());
+    stamp(&mut inner, &mut secret, manager.as_deref(), "Update");
+    inner.writes.push(Write {
+        verb: "update",
+        namespace: ns.clone(),
+        name: name.clone(),
+        field_manager: manager,
+    });
+    inner.secrets.insert((ns, name), secret.clone());
+    axum::Json(secret).into_response()
+}
+
+fn field_manager(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "fieldManager")
+        .map(|(_, v)| v.into_owned())
+}
