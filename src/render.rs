@@ -175,7 +175,7 @@ pub fn render(
 /// Picks `path` out of a JSON value: first as one literal key (so keys containing dots work),
 /// then as a dotted path whose segments are object keys or array indices (`a.b`, `a[0].b`,
 /// `a.0.b`; `\.` escapes a dot). Strings are written raw, anything else as JSON.
-fn select_property(value: &[u8], path: &str) -> Result<SecretBytes, String> {
+pub(crate) fn select_property(value: &[u8], path: &str) -> Result<SecretBytes, String> {
     let json: serde_json::Value = serde_json::from_slice(value)
         .map_err(|_| format!("property {path:?} was requested but the value is not JSON"))?;
     let found = match json.get(path) {

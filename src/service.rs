@@ -159,7 +159,20 @@ impl Provider {
         let sync =
             crate::sync::prepare(self.inner.options.secret_sync.as_ref(), config, deadline).await?;
         let extra = sync.as_ref().map(|p| p.items()).unwrap_or_default();
-        let values = self.fetch(&identity, config, &extra, deadline).await?;
+        let mut optional = sync
+            .as_ref()
+            .map(|p| p.optional_items())
+            .unwrap_or_default();
+        for object in &config.objects {
+            // A file's item is never optional: mounts are all-or-nothing.
+            optional.remove(&ItemRef {
+                name: object.secret_path.clone(),
+                version: object.version,
+            });
+        }
+        let values = self
+            .fetch(&identity, config, &extra, &optional, deadline)
+            .await?;
         let rendered = render::render(&config.objects, &values, &self.inner.version_key)?;
         if let Some(plan) = &sync {
             plan.apply(&values, deadline).await?;
@@ -178,6 +191,7 @@ impl Provider {
         identity: &Identity,
         config: &MountConfig,
         extra: &[ItemRef],
+        optional: &BTreeSet<ItemRef>,
         deadline: Deadline,
     ) -> Result<Values, MountError> {
         let mut batches: BTreeMap<Option<u32>, BTreeSet<String>> = BTreeMap::new();
@@ -211,6 +225,22 @@ impl Provider {
                     tracing::debug!(access_id = %identity.access_id, "token refused; logging in again");
                     self.inner.auth.invalidate(identity, &token);
                     retried = true;
+                }
+                Err(ApiError::NotFound { message, .. })
+                    if let Some(gone) = missing_optional(&batches, optional, &message) =>
+                {
+                    // Only Secrets with deletionPolicy Delete read it: read the rest again
+                    // without it, and let the sync drop its keys.
+                    tracing::debug!(item = %gone.name, "an item read only for deletionPolicy Delete is gone");
+                    if let Some(names) = batches.get_mut(&gone.version) {
+                        names.remove(&gone.name);
+                        if names.is_empty() {
+                            batches.remove(&gone.version);
+                        }
+                    }
+                    if batches.is_empty() {
+                        return Ok(Values::new());
+                    }
                 }
                 Err(e) => {
                     let names: Vec<&str> = batches.values().flatten().map(String::as_str).collect();
@@ -470,6 +500,26 @@ impl Audit {
 /// A poisoned lock only means another request panicked; the maps stay consistent.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The optional item a 404's message names (the longest matching name, so `/a/bc` is not
+/// mistaken for `/a/b`), if the missing item is optional.
+fn missing_optional(
+    batches: &BTreeMap<Option<u32>, BTreeSet<String>>,
+    optional: &BTreeSet<ItemRef>,
+    message: &str,
+) -> Option<ItemRef> {
+    batches
+        .iter()
+        .flat_map(|(version, names)| {
+            names.iter().map(|name| ItemRef {
+                name: name.clone(),
+                version: *version,
+            })
+        })
+        .filter(|item| message.contains(item.name.as_str()))
+        .max_by_key(|item| item.name.len())
+        .filter(|item| optional.contains(item))
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).

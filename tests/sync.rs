@@ -232,6 +232,45 @@ async fn deletion_policy_delete_removes_keys_whose_source_is_gone() {
 }
 
 #[tokio::test]
+async fn deletion_policy_delete_drops_the_keys_of_a_deleted_item_retain_fails() {
+    let Setup { h, k8s } = setup().await;
+    let mapping = r#"
+- target: {name: creds, deletionPolicy: Delete}
+  data:
+    - {secretKey: config, remoteRef: {key: /prod/app-config}}
+    - {secretKey: user, remoteRef: {key: /prod/db, property: username}}
+"#;
+    let (_, request) = mapping_request(&k8s, mapping);
+    h.mount(request.clone()).await.expect("first mount");
+    assert!(k8s.data(NS, "creds").contains_key("config"));
+
+    // The item is deleted in Akeyless: under Delete its key leaves the Secret, while the mount
+    // and the other keys stay.
+    h.akeyless.delete_item("/prod/app-config");
+    let response = h
+        .mount(request)
+        .await
+        .expect("Delete tolerates a deleted item");
+    assert!(!response.files.is_empty());
+    let data = k8s.data(NS, "creds");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["user"]);
+
+    // Under Retain a deleted item is an error naming it, as for a file.
+    let retain = r#"
+- target: {name: kept, deletionPolicy: Retain}
+  data: [{secretKey: config, remoteRef: {key: /prod/app-config}}]
+"#;
+    let (_, request) = mapping_request(&k8s, retain);
+    let status = h.mount(request).await.expect_err("Retain needs the item");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().contains("/prod/app-config"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
 async fn orphan_has_no_owner_and_none_writes_nothing() {
     let Setup { h, k8s } = setup().await;
     let mapping = r#"

@@ -27,7 +27,9 @@ use crate::akeyless::{Deadline, ItemRef};
 use crate::params::MountConfig;
 use crate::render::Values;
 use crate::secret::SecretBytes;
-use mapping::{CreationPolicy, Decoding, FailurePolicy, Mapping, RemoteRef, Target};
+use mapping::{
+    CreationPolicy, Decoding, DeletionPolicy, FailurePolicy, Mapping, RemoteRef, Target,
+};
 
 /// The SPC parameter holding the mapping.
 pub const SECRET_SYNC: &str = "secretSync";
@@ -260,6 +262,31 @@ impl Plan {
             .collect()
     }
 
+    /// Items read only for `deletionPolicy: Delete` targets: when Akeyless no longer has one,
+    /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
+    pub fn optional_items(&self) -> BTreeSet<ItemRef> {
+        let reads = |t: &Target| {
+            t.data_from
+                .iter()
+                .chain(t.data.iter().map(|d| &d.remote))
+                .map(|r| ItemRef {
+                    name: r.key.clone(),
+                    version: r.version,
+                })
+                .collect::<Vec<_>>()
+        };
+        let required: BTreeSet<ItemRef> = self
+            .written()
+            .filter(|t| t.deletion != DeletionPolicy::Delete)
+            .flat_map(reads)
+            .collect();
+        self.written()
+            .filter(|t| t.deletion == DeletionPolicy::Delete)
+            .flat_map(reads)
+            .filter(|item| !required.contains(item))
+            .collect()
+    }
+
     fn written(&self) -> impl Iterator<Item = &Target> {
         self.mapping
             .targets
@@ -316,7 +343,19 @@ impl Plan {
 /// The data of one Secret: `dataFrom` in order, then `data`, then `template.data`.
 fn build_data(target: &Target, values: &Values) -> Result<BTreeMap<String, SecretBytes>, String> {
     let mut data = BTreeMap::new();
+    // Under deletionPolicy Delete a source Akeyless no longer has was left out of the reads
+    // (see `Plan::optional_items`): its keys are dropped, and the writer removes them.
+    let gone = |remote: &RemoteRef| {
+        target.deletion == DeletionPolicy::Delete
+            && !values.contains_key(&ItemRef {
+                name: remote.key.clone(),
+                version: remote.version,
+            })
+    };
     for (i, remote) in target.data_from.iter().enumerate() {
+        if gone(remote) {
+            continue;
+        }
         let value = lookup(remote, values)?;
         let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
             format!(
@@ -353,6 +392,9 @@ fn build_data(target: &Target, values: &Values) -> Result<BTreeMap<String, Secre
         }
     }
     for entry in &target.data {
+        if gone(&entry.remote) {
+            continue;
+        }
         let value = lookup(&entry.remote, values)
             .map_err(|why| format!("data {}: {why}", entry.secret_key))?;
         data.insert(
@@ -379,28 +421,11 @@ fn lookup(remote: &RemoteRef, values: &Values) -> Result<SecretBytes, String> {
     let value = values
         .get(&item)
         .ok_or_else(|| format!("item {} was not fetched", remote.key))?;
-    let Some(path) = &remote.property else {
-        return Ok(value.clone());
-    };
-    let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
-        format!(
-            "property {path:?} of {} was requested but the value is not JSON",
-            remote.key
-        )
-    })?;
-    let found = json.get(path).or_else(|| {
-        path.split('.').try_fold(&json, |v, segment| match v {
-            serde_json::Value::Array(a) => segment.parse::<usize>().ok().and_then(|i| a.get(i)),
-            other => other.get(segment),
-        })
-    });
-    match found {
-        Some(serde_json::Value::String(s)) => Ok(SecretBytes::new(s.as_bytes().to_vec())),
-        Some(other) => Ok(SecretBytes::new(other.to_string().into_bytes())),
-        None => Err(format!(
-            "property {path:?} is not in the value of {}",
-            remote.key
-        )),
+    match &remote.property {
+        None => Ok(value.clone()),
+        // The same property paths as the files' `property`.
+        Some(path) => crate::render::select_property(value.expose(), path)
+            .map_err(|why| format!("{why} of {}", remote.key)),
     }
 }
 
