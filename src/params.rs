@@ -4,8 +4,9 @@
 //! network call, and every problem is reported at once so that one round of fixes is enough.
 //! SecretProviderClasses written for Akeyless's Go provider parse unchanged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Deserialize;
 use url::Url;
@@ -270,7 +271,7 @@ pub fn parse(request: &MountRequest) -> Result<MountConfig, ParamsError> {
             ));
             Vec::new()
         }
-        Some(text) => parse_objects(text, default_mode, &mut problems),
+        Some(text) => parse_objects_cached(text, default_mode, &mut problems),
     };
 
     let pod = PodInfo {
@@ -563,6 +564,41 @@ impl<'de> Deserialize<'de> for ScalarText {
 #[derive(Debug, Deserialize)]
 struct ArrayForm {
     array: Vec<String>,
+}
+
+/// Parsed `objects` by their text: every pod volume of an SPC sends the same YAML about once a
+/// minute, and parsing it was the largest CPU cost of a mount. Objects hold no secret material.
+type ObjectsCache = HashMap<(String, u32), (Vec<ObjectSpec>, Vec<String>)>;
+
+/// Distinct `objects` texts kept; the cache starts over when full.
+const OBJECTS_CACHE_ENTRIES: usize = 512;
+
+fn parse_objects_cached(
+    text: &str,
+    default_mode: u32,
+    problems: &mut Vec<String>,
+) -> Vec<ObjectSpec> {
+    static CACHE: OnceLock<Mutex<ObjectsCache>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let key = (text.to_owned(), default_mode);
+    let lock = || {
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some((objects, found)) = lock().get(&key) {
+        problems.extend(found.iter().cloned());
+        return objects.clone();
+    }
+    let mut found = Vec::new();
+    let objects = parse_objects(text, default_mode, &mut found);
+    problems.extend(found.iter().cloned());
+    let mut cache = lock();
+    if cache.len() >= OBJECTS_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, (objects.clone(), found));
+    objects
 }
 
 fn parse_objects(text: &str, default_mode: u32, problems: &mut Vec<String>) -> Vec<ObjectSpec> {
@@ -862,6 +898,25 @@ mod tests {
             (Some(3), Some("db.password"), Encoding::Base64, 0o440)
         );
         assert_eq!(cfg.objects[1].mode, 0o600, "unquoted 0600 is read as octal");
+    }
+
+    #[test]
+    fn cached_objects_give_the_same_result_and_problems() {
+        let text = "- secretPath: /cache/a\n  fileName: ../bad\n";
+        for _ in 0..2 {
+            let mut problems = Vec::new();
+            let objects = parse_objects_cached(text, 0o600, &mut problems);
+            assert!(objects.is_empty());
+            assert_eq!(problems.len(), 1, "{problems:?}");
+        }
+        let mut problems = Vec::new();
+        let a = parse_objects_cached("- secretPath: /cache/b", 0o600, &mut problems);
+        let b = parse_objects_cached("- secretPath: /cache/b", 0o400, &mut problems);
+        assert_eq!(
+            (a[0].mode, b[0].mode),
+            (0o600, 0o400),
+            "the default mode is part of the key"
+        );
     }
 
     #[test]
