@@ -11,8 +11,9 @@
 //!
 //! It prints a plain-text report and writes the same numbers as JSON to
 //! `target/bench/mount.json`. Iteration counts come from `MOUNT_BENCH_*` variables (see
-//! [`Settings::from_env`]). Every loop is bounded; all traffic stays on 127.0.0.1 and the
-//! socket. It is not a test: it asserts nothing, and `cargo test` does not run it.
+//! [`Settings`]); `MOUNT_BENCH_BIN` benchmarks another provider binary. Every loop is bounded;
+//! all traffic stays on 127.0.0.1 and the socket. It is not a test: it asserts nothing, and
+//! `cargo test` does not run it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +34,12 @@ use tonic::transport::Channel;
 type Client = CsiDriverProviderClient<Channel>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_akeyless-csi-provider");
+
+/// The provider binary: `MOUNT_BENCH_BIN` (e.g. a copy, or another build), else the one cargo
+/// built with this benchmark.
+fn provider_bin() -> PathBuf {
+    std::env::var_os("MOUNT_BENCH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
 /// Items seeded in the emulator: `/bench/item-<i>`.
 const ITEMS: usize = 50;
 /// Object counts of the calls-per-mount table.
@@ -311,7 +318,8 @@ impl Provider {
             .append(true)
             .open(dir.join("provider.log"))
             .map_err(|e| format!("provider log: {e}"))?;
-        let mut command = Command::new(BIN);
+        let bin = provider_bin();
+        let mut command = Command::new(&bin);
         command
             .arg("serve")
             .arg("--socket")
@@ -329,7 +337,7 @@ impl Provider {
         let started = Instant::now();
         let child = command
             .spawn()
-            .map_err(|e| format!("cannot start {BIN}: {e}"))?;
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut provider = Self {
             child,
             socket,
@@ -668,6 +676,7 @@ fn machine() -> Value {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let git = Command::new("git")
         .args(["describe", "--always", "--dirty"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -679,6 +688,7 @@ fn machine() -> Value {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu,
         "kernel": kernel.trim(),
+        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "git": git.trim(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
@@ -715,8 +725,13 @@ async fn run() -> Result<(), String> {
         machine["git"].as_str().unwrap_or(""),
     ));
     report.line(format!(
-        "provider: {BIN} serve (release, info logs as JSON to a file); Akeyless: the emulator, \
-         delay injected before every API response; client: tonic over the unix socket"
+        "load average before the run: {} (anything well above 0 means other processes share the CPUs)",
+        machine["loadavg_at_start"].as_str().unwrap_or("?")
+    ));
+    report.line(format!(
+        "provider: {} serve (release, info logs as JSON to a file); Akeyless: the emulator, \
+         delay injected before every API response; client: tonic over the unix socket",
+        provider_bin().display()
     ));
     report.json.insert("machine".into(), machine);
     report
@@ -1118,7 +1133,11 @@ async fn run() -> Result<(), String> {
         provider.status_kib("RssAnon"),
         provider.status_kib("RssFile"),
     );
-    let hwm = provider.status_kib("VmHWM");
+    // VmHWM lags a little behind the sampled VmRSS; take the larger.
+    let hwm = provider
+        .status_kib("VmHWM")
+        .max(rss_storm_peak)
+        .max(rss_throughput_peak);
     let threads = provider.status_kib("Threads");
     let mib = |kib: u64| kib as f64 / 1024.0;
     report.line("");
