@@ -458,27 +458,8 @@ async fn sigterm_drains_in_flight_mounts_then_removes_the_socket() {
     let mut h = Harness::start(seed(1)).await;
     let req = go_style_request(&objects(1));
     h.mount(req.clone()).await.expect("warm token");
-    h.akeyless.add_fault(Fault {
-        endpoint: Some("/get-secret-value".into()),
-        kind: FaultKind::Delay { ms: 1500 },
-        times: Some(1),
-    });
-    let socket = h.socket.clone();
-    let in_flight = tokio::spawn(async move {
-        let mut client = akeyless_csi_provider::mount_cli::connect(&socket)
-            .await
-            .unwrap();
-        akeyless_csi_provider::mount_cli::call(&mut client, req, Duration::from_secs(30)).await
-    });
-    // Let the mount reach the (slow) backend, then ask the provider to stop.
-    let started = Instant::now();
-    while h.akeyless.calls("/get-secret-value") < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the mount never reached Akeyless"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // A mount reaches the (slow) backend, then the provider is asked to stop.
+    let in_flight = h.slow_mount(req, Duration::from_millis(1500)).await;
     assert_eq!(h.stop_provider().await, Some(0));
     let response = in_flight
         .await

@@ -257,24 +257,9 @@ async fn a_saturated_node_answers_resource_exhausted_at_once() {
     h.mount(pod_request(&objects(1), 0))
         .await
         .expect("warm token");
-    h.akeyless.add_fault(Fault {
-        endpoint: Some("/get-secret-value".into()),
-        kind: FaultKind::Delay { ms: 3_000 },
-        times: Some(1),
-    });
-    let socket = h.socket.clone();
-    let slow = tokio::spawn(async move {
-        let mut client = mount_cli::connect(&socket).await.unwrap();
-        mount_cli::call(
-            &mut client,
-            pod_request(&objects(1), 1),
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    while h.akeyless.calls("/get-secret-value") < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let slow = h
+        .slow_mount(pod_request(&objects(1), 1), Duration::from_secs(3))
+        .await;
     // A different volume needs its own read, but the only slot is taken and nobody may queue.
     let started = Instant::now();
     let status = h
@@ -356,24 +341,9 @@ async fn probes_report_health_readiness_and_flip_during_shutdown() {
     );
 
     // An in-flight mount keeps the provider draining for a while after SIGTERM.
-    h.akeyless.add_fault(Fault {
-        endpoint: Some("/get-secret-value".into()),
-        kind: FaultKind::Delay { ms: 2_000 },
-        times: Some(1),
-    });
-    let socket = h.socket.clone();
-    let in_flight = tokio::spawn(async move {
-        let mut client = mount_cli::connect(&socket).await.unwrap();
-        mount_cli::call(
-            &mut client,
-            pod_request(&objects(1), 1),
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    while h.akeyless.calls("/get-secret-value") < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = h
+        .slow_mount(pod_request(&objects(1), 1), Duration::from_secs(2))
+        .await;
     let pid = h.provider_pid().unwrap();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use akeyless_csi_provider::emulator::{self, EmulatorHandle, Seed};
+use akeyless_csi_provider::emulator::{self, EmulatorHandle, Fault, FaultKind, Seed};
 use akeyless_csi_provider::mount_cli;
 use akeyless_csi_provider::proto::v1alpha1::{MountRequest, MountResponse};
 
@@ -178,6 +178,37 @@ impl Harness {
     pub async fn mount(&self, request: MountRequest) -> Result<MountResponse, tonic::Status> {
         self.mount_with_timeout(request, Duration::from_secs(120))
             .await
+    }
+
+    /// Starts a mount whose read Akeyless holds for `delay`, and returns once that read has
+    /// reached Akeyless: a mount in flight, for drain, saturation and readiness tests.
+    pub async fn slow_mount(
+        &self,
+        request: MountRequest,
+        delay: Duration,
+    ) -> tokio::task::JoinHandle<Result<MountResponse, tonic::Status>> {
+        let before = self.akeyless.calls("/get-secret-value");
+        self.akeyless.add_fault(Fault {
+            endpoint: Some("/get-secret-value".into()),
+            kind: FaultKind::Delay {
+                ms: delay.as_millis() as u64,
+            },
+            times: Some(1),
+        });
+        let socket = self.socket.clone();
+        let in_flight = tokio::spawn(async move {
+            let mut client = mount_cli::connect(&socket).await.expect("connect");
+            mount_cli::call(&mut client, request, Duration::from_secs(30)).await
+        });
+        let started = Instant::now();
+        while self.akeyless.calls("/get-secret-value") <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the mount never reached Akeyless"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        in_flight
     }
 
     pub async fn mount_with_timeout(
