@@ -120,6 +120,19 @@ impl Template {
     }
 }
 
+/// Consumes the letters, digits and `_` that form a field or function name.
+fn identifier(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>) -> String {
+    let mut name = String::new();
+    while let Some(&(_, c)) = chars.peek() {
+        if !(c.is_alphanumeric() || c == '_') {
+            break;
+        }
+        name.push(c);
+        chars.next();
+    }
+    name
+}
+
 fn parse_action(inner: &str) -> Result<Vec<Command>, String> {
     let tokens = tokenize(inner)?;
     let mut commands = vec![Vec::new()];
@@ -195,15 +208,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
             }
             '.' => {
                 chars.next();
-                let mut name = String::new();
-                while let Some(&(_, c)) = chars.peek() {
-                    if c.is_alphanumeric() || c == '_' {
-                        name.push(c);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
+                let name = identifier(&mut chars);
                 tokens.push(Token::Arg(if name.is_empty() {
                     Arg::Dot
                 } else {
@@ -211,15 +216,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                 }));
             }
             c if c.is_alphabetic() => {
-                let mut name = String::new();
-                while let Some(&(_, c)) = chars.peek() {
-                    if c.is_alphanumeric() || c == '_' {
-                        name.push(c);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
+                let name = identifier(&mut chars);
                 if !FUNCTIONS.contains(&name.as_str()) {
                     return Err(format!(
                         "unknown function {name:?} (supported: {})",
