@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::seed::{AccessType, ItemType};
 use super::state::{AuthMethod, Item, ReadRecord, Shared, fingerprint, lock, now_ms};
+use super::values;
 
 /// `access-type` values the real `/auth` accepts (`api_key` is a client-side alias only).
 const SERVER_ACCESS_TYPES: &[&str] = &[
@@ -45,7 +46,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn ok(body: Value) -> Reply {
+    pub(super) fn ok(body: Value) -> Reply {
         Reply {
             status: StatusCode::OK,
             body,
@@ -68,14 +69,14 @@ impl ApiError {
     }
 
     /// 400 `invalid request body: …`.
-    fn invalid_body(detail: impl std::fmt::Display) -> ApiError {
+    pub(super) fn invalid_body(detail: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid request body: {detail}"),
         )
     }
 
-    fn missing(parameter: &str) -> ApiError {
+    pub(super) fn missing(parameter: &str) -> ApiError {
         ApiError::invalid_body(format_args!("Missing required parameter - {parameter}"))
     }
 
@@ -129,6 +130,11 @@ pub(crate) fn dispatch(shared: &Shared, method: &Method, path: &str, body: &[u8]
         "describe-item" => describe_item,
         "list-items" => list_items,
         "validate-token" => validate_token,
+        "get-dynamic-secret-value" => values::get_dynamic_secret_value,
+        "get-rotated-secret-value" => values::get_rotated_secret_value,
+        "get-certificate-value" => values::get_certificate_value,
+        "get-pki-certificate" => values::get_pki_certificate,
+        "get-ssh-certificate" => values::get_ssh_certificate,
         _ => {
             return ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -163,11 +169,11 @@ fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The typed view of a request (unknown fields, `json` included, are ignored).
-fn fields<T: DeserializeOwned>(request: &Value) -> Result<T, ApiError> {
+pub(super) fn fields<T: DeserializeOwned>(request: &Value) -> Result<T, ApiError> {
     T::deserialize(request).map_err(ApiError::invalid_body)
 }
 
-fn clip(text: &str) -> Cow<'_, str> {
+pub(super) fn clip(text: &str) -> Cow<'_, str> {
     match text.char_indices().nth(ECHO_LIMIT) {
         Some((at, _)) => Cow::Owned(format!("{}…", &text[..at])),
         None => Cow::Borrowed(text),
@@ -175,7 +181,7 @@ fn clip(text: &str) -> Cow<'_, str> {
 }
 
 /// `demo/x` and `/demo/x` name the same item.
-fn canonical(name: &str) -> Cow<'_, str> {
+pub(super) fn canonical(name: &str) -> Cow<'_, str> {
     if name.starts_with('/') {
         Cow::Borrowed(name)
     } else {
@@ -227,23 +233,27 @@ struct Credential {
 }
 
 /// Who is calling: the auth method behind the request's token.
-struct Caller<'a> {
+pub(super) struct Caller<'a> {
     method: &'a AuthMethod,
-    fingerprint: String,
+    pub fingerprint: String,
 }
 
 impl Caller<'_> {
-    fn access_id(&self) -> &str {
+    pub fn access_id(&self) -> &str {
         &self.method.access_id
     }
 
-    fn may_read(&self, name: &str) -> bool {
+    pub fn may_read(&self, name: &str) -> bool {
         self.method.may_read(name)
     }
 }
 
 /// Resolves `token` / `uid-token` to the caller, or a 401 with `prefix`.
-fn caller<'a>(shared: &'a Shared, request: &Value, prefix: &str) -> Result<Caller<'a>, ApiError> {
+pub(super) fn caller<'a>(
+    shared: &'a Shared,
+    request: &Value,
+    prefix: &str,
+) -> Result<Caller<'a>, ApiError> {
     let credential: Credential = fields(request)?;
     let token = [credential.token, credential.uid_token]
         .into_iter()
@@ -287,7 +297,7 @@ fn context(shared: &Shared, caller: &Caller<'_>) -> String {
     )
 }
 
-fn item_unauthorized(shared: &Shared, caller: &Caller<'_>, prefix: &str) -> ApiError {
+pub(super) fn item_unauthorized(shared: &Shared, caller: &Caller<'_>, prefix: &str) -> ApiError {
     let message = format!(
         "{} unauthorized access for access id {}",
         context(shared, caller),
@@ -296,7 +306,12 @@ fn item_unauthorized(shared: &Shared, caller: &Caller<'_>, prefix: &str) -> ApiE
     ApiError::unauthorized(prefix, &message)
 }
 
-fn item_not_found(shared: &Shared, caller: &Caller<'_>, prefix: &str, what: &str) -> ApiError {
+pub(super) fn item_not_found(
+    shared: &Shared,
+    caller: &Caller<'_>,
+    prefix: &str,
+    what: &str,
+) -> ApiError {
     let message = format!(
         "{} failed to obtain item {}",
         context(shared, caller),
@@ -763,6 +778,25 @@ fn item_json(shared: &Shared, item: &Item, show_versions: bool, minimal: bool) -
         ItemType::StaticSecret => json!({
             "static_secret_info": { "format": item.format.wire(), "max_versions": 10 }
         }),
+        ItemType::DynamicSecret => json!({
+            "dynamic_secret_producer_details": {
+                "producer_status": "ProducerConnected",
+                "producer_type": "custom",
+                "user_ttl": format!("{}m", values::ttl_minutes(item.ttl_seconds)),
+            }
+        }),
+        ItemType::RotatedSecret => json!({
+            "rotated_secret_details": {
+                "rotator_status": "RotationSucceeded",
+                "rotator_type": "custom",
+            }
+        }),
+        ItemType::Certificate => match item.versions.last() {
+            Some(version) => json!({
+                "certificate_chain_info": values::certificate_chain_info(item, version)
+            }),
+            None => json!({}),
+        },
         _ => json!({}),
     };
     let extra = json!({
@@ -786,12 +820,16 @@ fn item_json(shared: &Shared, item: &Item, show_versions: bool, minimal: bool) -
                 .enumerate()
                 .rev()
                 .map(|(index, version)| {
-                    json!({
+                    let mut entry = json!({
                         "version": index + 1,
                         "item_version_state": "Enabled",
                         "creation_date": rfc3339(version.created_ms),
                         "modification_date": rfc3339(version.created_ms),
-                    })
+                    });
+                    if let Some(info) = values::certificate_version_info(version) {
+                        entry["certificate_version_info"] = info;
+                    }
+                    entry
                 })
                 .collect();
             body.insert("item_versions".into(), Value::Array(versions));

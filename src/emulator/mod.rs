@@ -1,12 +1,28 @@
 //! An Akeyless-compatible API server on loopback, for the `demo` command, end-to-end tests and
 //! benchmarks: a stand-in for `api.akeyless.io` or a Gateway's V2 API.
 //!
-//! It answers `POST /auth`, `/get-secret-value`, `/describe-item`, `/list-items` and
-//! `/validate-token` with the real service's wire names, status codes and `{"error": "…"}`
-//! bodies (`akeyless-api.md` §1, §5), from a [`Seed`] of auth methods and items. Tests steer it
-//! through an [`EmulatorHandle`] (rotation, deletion, token expiry, latency, [`Fault`]s) or,
-//! when it runs as a separate process (`emulator` subcommand), through a small control API on
-//! the same listener, which is not counted as API traffic:
+//! It answers these commands with the real service's wire names, status codes and
+//! `{"error": "…"}` bodies (`akeyless-api.md` §1, §5), from a [`Seed`] of auth methods and
+//! items:
+//!
+//! | Command | Answers |
+//! |---|---|
+//! | `POST /auth` | a `t-` token for an auth method's credential |
+//! | `POST /validate-token` | a token's validity and expiry |
+//! | `POST /get-secret-value` | values of static secrets, by version |
+//! | `POST /describe-item` | an item's metadata (and `item_versions`) |
+//! | `POST /list-items` | items by folder, filter, tag, type; paginated |
+//! | `POST /get-dynamic-secret-value` | new credentials (a lease) of a dynamic secret, each call |
+//! | `POST /get-rotated-secret-value` | `{"value": {...}}` of a rotated secret, by version |
+//! | `POST /get-certificate-value` | a certificate item's chain and key (generated at start) |
+//! | `POST /get-pki-certificate` | a certificate for a CSR, signed by a PKI issuer's CA |
+//! | `POST /get-ssh-certificate` | an OpenSSH user certificate, signed by an SSH issuer's CA |
+//!
+//! Every call is counted by path in [`Stats`], and [`Fault`]s apply to any command. Tests steer
+//! it through an [`EmulatorHandle`] (rotation, deletion, token expiry, latency, faults; the
+//! generated CAs and lease counts) or, when it runs as a separate process (`emulator`
+//! subcommand), through a small control API on the same listener, which is not counted as API
+//! traffic:
 //!
 //! | Request | Effect |
 //! |---|---|
@@ -14,7 +30,7 @@
 //! | `POST /__emulator/reset` | clears the statistics |
 //! | `POST /__emulator/latency` `{"ms": N}` | delay before every API response |
 //! | `GET`/`POST`/`DELETE /__emulator/faults` | list / add (a [`Fault`] as JSON) / clear faults |
-//! | `POST /__emulator/secrets` `{"name", "value"}` | new version of a static secret |
+//! | `POST /__emulator/secrets` `{"name", "value"}` | new version of a static or rotated secret (or a fresh leaf of a certificate) |
 //! | `DELETE /__emulator/secrets` `{"name"}` | deletes an item |
 //! | `POST /__emulator/expire-tokens` | every issued token becomes expired |
 //!
@@ -22,9 +38,11 @@
 //! across an `.await`, and no input makes it panic.
 
 mod api;
+mod crypto;
 mod faults;
 mod seed;
 mod state;
+mod values;
 
 #[cfg(test)]
 mod tests;
@@ -52,7 +70,7 @@ pub use faults::{Fault, FaultKind};
 pub use seed::{AccessType, ItemType, SecretFormat, Seed, SeedAuthMethod, SeedItem};
 pub use state::{LoginRecord, READS_LOG_CAPACITY, ReadRecord, Stats};
 
-use state::{Shared, lock};
+use state::{Authority, Shared, lock};
 
 /// Largest request body accepted (API and control).
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -87,7 +105,10 @@ pub async fn start(listen: SocketAddr, seed: Seed) -> Result<EmulatorHandle, Emu
     };
     let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
-    let shared = Arc::new(Shared::new(&seed));
+    let shared = Arc::new(Shared::new(&seed).map_err(|message| EmulatorError::Seed {
+        line: None,
+        message,
+    })?);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(EmulatorHandle {
@@ -181,12 +202,45 @@ impl EmulatorHandle {
         self.shared.clear_faults();
     }
 
-    /// Adds a version to the static secret `name` (creating a text secret if missing), as a
-    /// rotation would. An unusable name (empty, trailing `/`) is logged and ignored.
+    /// Adds a version to `name`, as a rotation would: to a static or rotated secret (creating
+    /// a static text secret if missing), or a fresh leaf to a certificate item (`value` is
+    /// ignored). An unusable name (empty, trailing `/`) or an issuer or dynamic secret is
+    /// logged and ignored.
     pub fn put_secret(&self, name: &str, value: &str) {
         if let Err(why) = self.shared.put_secret(name, value) {
-            tracing::warn!(name, "emulator: put_secret ignored: name {why}");
+            tracing::warn!(name, "emulator: put_secret ignored: {why}");
         }
+    }
+
+    /// Credentials minted from item `name` so far: leases of a dynamic secret, certificates
+    /// issued by a PKI or SSH issuer. Cleared by [`EmulatorHandle::reset_stats`].
+    pub fn leases_minted(&self, name: &str) -> u64 {
+        self.shared.leases_minted(name)
+    }
+
+    /// The root CA (PEM) that a `certificate` item's chain ends in; `None` for other items.
+    pub fn certificate_root_pem(&self, name: &str) -> Option<String> {
+        self.shared.authority(name, |authority| match authority {
+            Authority::Certificate(chain) => Some(chain.root_pem().to_owned()),
+            _ => None,
+        })
+    }
+
+    /// The CA certificate (PEM) of a `pki-cert-issuer` item; `None` for other items.
+    pub fn pki_ca_pem(&self, issuer: &str) -> Option<String> {
+        self.shared.authority(issuer, |authority| match authority {
+            Authority::Pki(ca) => Some(ca.ca_pem().to_owned()),
+            _ => None,
+        })
+    }
+
+    /// The CA key of an `ssh-cert-issuer` item as an OpenSSH public key line
+    /// (`ssh-ed25519 AAAA…`, for `TrustedUserCAKeys`); `None` for other items.
+    pub fn ssh_ca_public_key(&self, issuer: &str) -> Option<String> {
+        self.shared.authority(issuer, |authority| match authority {
+            Authority::Ssh(ca) => Some(ca.public_key_line()),
+            _ => None,
+        })
     }
 
     /// Removes an item; later reads of it answer 404.
@@ -463,7 +517,7 @@ async fn control(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
                 Ok(version) => {
                     json_response(StatusCode::OK, &json!({ "ok": true, "version": version }))
                 }
-                Err(why) => error_response(StatusCode::BAD_REQUEST, &format!("item name {why}")),
+                Err(why) => error_response(StatusCode::BAD_REQUEST, &why),
             },
             Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
         },

@@ -22,6 +22,14 @@ pub const DEFAULT_LIST_PAGE_SIZE: usize = 1000;
 pub const DEFAULT_ACCOUNT_ID: &str = "acc-emulator0001";
 /// Upper bound for `token_ttl_seconds` (ten years), so expiry arithmetic cannot overflow.
 const MAX_TOKEN_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// Upper bound for item `ttl_seconds` and `max_ttl_seconds` (ten years).
+pub(crate) const MAX_ITEM_TTL_SECONDS: u64 = MAX_TOKEN_TTL_SECONDS;
+/// `ttl_seconds` of dynamic secrets and issuers when the seed does not say (an hour).
+pub const DEFAULT_ITEM_TTL_SECONDS: u64 = 3600;
+/// `ttl_seconds` (leaf validity) of certificate items when the seed does not say (a year).
+pub const DEFAULT_CERTIFICATE_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// `max_ttl_seconds` of issuers when the seed does not say (a day).
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 24 * 3600;
 
 /// Everything the emulator starts with.
 #[derive(Clone, Deserialize)]
@@ -105,7 +113,9 @@ impl AccessType {
     }
 }
 
-/// Item type. Only static secrets have values the emulator serves today.
+/// Item type; each serves its values through its own command (`/get-secret-value`,
+/// `/get-dynamic-secret-value`, `/get-rotated-secret-value`, `/get-certificate-value`,
+/// `/get-pki-certificate`, `/get-ssh-certificate`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ItemType {
@@ -167,7 +177,7 @@ impl SecretFormat {
 }
 
 /// One item of the seed.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedItem {
     /// Full path; a missing leading `/` is added.
@@ -184,9 +194,49 @@ pub struct SeedItem {
     pub versions: Option<Vec<String>>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// dynamic-secret: lifetime of each lease (`ttl_in_minutes`); pki-cert-issuer,
+    /// ssh-cert-issuer: default certificate lifetime; certificate: validity of the generated
+    /// leaf. Defaults: [`DEFAULT_ITEM_TTL_SECONDS`], certificates
+    /// [`DEFAULT_CERTIFICATE_TTL_SECONDS`].
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// pki-cert-issuer, ssh-cert-issuer: the largest `ttl` a request may ask for (default
+    /// [`DEFAULT_MAX_TTL_SECONDS`]).
+    #[serde(default)]
+    pub max_ttl_seconds: Option<u64>,
+    /// dynamic-secret: answer in the wrapper Dapr observed, `{"value": "<JSON>", "error": ""}`.
+    #[serde(default)]
+    pub wrapped: bool,
+    /// certificate: CN and DNS SAN of the generated leaf (default: the last path element).
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// ssh-cert-issuer: the `cert-username`s it signs for (empty: any).
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
 }
 
 impl SeedItem {
+    /// `ttl_seconds`, or the default of the item's type.
+    pub(crate) fn ttl_seconds(&self) -> u64 {
+        self.ttl_seconds.unwrap_or(match self.item_type {
+            ItemType::Certificate => DEFAULT_CERTIFICATE_TTL_SECONDS,
+            _ => DEFAULT_ITEM_TTL_SECONDS,
+        })
+    }
+
+    /// `max_ttl_seconds`, or its default.
+    pub(crate) fn max_ttl_seconds(&self) -> u64 {
+        self.max_ttl_seconds.unwrap_or(DEFAULT_MAX_TTL_SECONDS)
+    }
+
+    /// The CN of a certificate item's leaf: `common_name`, else the last path element.
+    pub(crate) fn common_name(&self) -> String {
+        match &self.common_name {
+            Some(name) => name.clone(),
+            None => self.name.rsplit('/').next().unwrap_or_default().to_owned(),
+        }
+    }
+
     /// The versions of this item, oldest first.
     pub(crate) fn version_values(&self) -> Vec<String> {
         match (&self.value, &self.versions) {
@@ -257,6 +307,11 @@ impl fmt::Debug for SeedItem {
             .field("format", &self.format)
             .field("versions", &self.version_values().len())
             .field("tags", &self.tags)
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("max_ttl_seconds", &self.max_ttl_seconds)
+            .field("wrapped", &self.wrapped)
+            .field("common_name", &self.common_name)
+            .field("allowed_users", &self.allowed_users)
             .finish()
     }
 }
@@ -384,13 +439,27 @@ impl Seed {
             if item.versions.as_ref().is_some_and(Vec::is_empty) {
                 return Err(fail(format!("item {name:?} has an empty versions list")));
             }
-            if item.item_type == ItemType::StaticSecret
-                && item.value.is_none()
-                && item.versions.is_none()
-            {
-                return Err(fail(format!(
-                    "static secret {name:?} needs a value or versions"
-                )));
+            if let Some(why) = check_item_fields(item) {
+                return Err(fail(format!("item {name:?}: {why}")));
+            }
+            match item.item_type {
+                ItemType::StaticSecret | ItemType::RotatedSecret => {
+                    if item.value.is_none() && item.versions.is_none() {
+                        let kind = match item.item_type {
+                            ItemType::StaticSecret => "static secret",
+                            _ => "rotated secret",
+                        };
+                        return Err(fail(format!("{kind} {name:?} needs a value or versions")));
+                    }
+                }
+                other => {
+                    if item.value.is_some() || item.versions.is_some() {
+                        return Err(fail(format!(
+                            "item {name:?}: a {} has no stored value; remove value and versions",
+                            other.wire()
+                        )));
+                    }
+                }
             }
             if item.item_type != ItemType::StaticSecret && item.format != SecretFormat::Text {
                 return Err(fail(format!(
@@ -412,6 +481,78 @@ impl Seed {
         }
         Ok(())
     }
+}
+
+/// Whether the type-specific fields of `item` make sense for its type.
+fn check_item_fields(item: &SeedItem) -> Option<String> {
+    use ItemType::{Certificate, DynamicSecret, PkiCertIssuer, SshCertIssuer};
+    let kind = item.item_type;
+    let misplaced = |field: &str, types: &str| {
+        Some(format!(
+            "{field} does not apply to a {} (only to {types})",
+            kind.wire()
+        ))
+    };
+    let ttl_types = [DynamicSecret, Certificate, PkiCertIssuer, SshCertIssuer];
+    let issuer = matches!(kind, PkiCertIssuer | SshCertIssuer);
+    if item.ttl_seconds.is_some() && !ttl_types.contains(&kind) {
+        return misplaced(
+            "ttl_seconds",
+            "dynamic-secret, certificate, pki-cert-issuer, ssh-cert-issuer",
+        );
+    }
+    if item.max_ttl_seconds.is_some() && !issuer {
+        return misplaced("max_ttl_seconds", "pki-cert-issuer, ssh-cert-issuer");
+    }
+    if item.wrapped && kind != DynamicSecret {
+        return misplaced("wrapped", "dynamic-secret");
+    }
+    if item.common_name.is_some() && kind != Certificate {
+        return misplaced("common_name", "certificate");
+    }
+    if !item.allowed_users.is_empty() && kind != SshCertIssuer {
+        return misplaced("allowed_users", "ssh-cert-issuer");
+    }
+    let in_range = |ttl: u64| (1..=MAX_ITEM_TTL_SECONDS).contains(&ttl);
+    if !in_range(item.ttl_seconds()) {
+        return Some(format!(
+            "ttl_seconds must be between 1 and {MAX_ITEM_TTL_SECONDS}"
+        ));
+    }
+    if !in_range(item.max_ttl_seconds()) {
+        return Some(format!(
+            "max_ttl_seconds must be between 1 and {MAX_ITEM_TTL_SECONDS}"
+        ));
+    }
+    if issuer && item.ttl_seconds() > item.max_ttl_seconds() {
+        return Some(format!(
+            "ttl_seconds {} exceeds max_ttl_seconds {}",
+            item.ttl_seconds(),
+            item.max_ttl_seconds()
+        ));
+    }
+    if kind == Certificate {
+        let cn = item.common_name();
+        if cn.is_empty()
+            || cn.len() > 64
+            || !cn
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '*'))
+        {
+            return Some(format!(
+                "common name {cn:?} must be 1 to 64 letters, digits, '.', '-', '_' or '*' \
+                 (it is also the DNS SAN); set common_name"
+            ));
+        }
+    }
+    if let Some(user) = item
+        .allowed_users
+        .iter()
+        .find(|user| user.trim().is_empty() || user.chars().any(char::is_control))
+    {
+        return Some(format!("allowed_users has an unusable entry {user:?}"));
+    }
+    None
 }
 
 fn check_format(format: SecretFormat, value: &str) -> Result<(), &'static str> {

@@ -12,8 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::crypto::{CertChain, CryptoError, Leaf, PkiCa, SshCa};
 use super::faults::{Fault, FaultKind, FaultQueue};
-use super::seed::{AccessType, ItemType, ReadPattern, SecretFormat, Seed, normalize_name};
+use super::seed::{
+    AccessType, DEFAULT_ITEM_TTL_SECONDS, DEFAULT_MAX_TTL_SECONDS, ItemType, ReadPattern,
+    SecretFormat, Seed, SeedItem, normalize_name,
+};
 use crate::secret::SecretString;
 
 /// How many reads the stats log keeps (the oldest are dropped first).
@@ -36,7 +40,8 @@ pub struct Stats {
     pub total_calls: u64,
     /// Tokens issued by `/auth`.
     pub tokens_issued: u64,
-    /// Items served by `/get-secret-value`, oldest first (at most the last 100 000).
+    /// Item versions served by `/get-secret-value`, `/get-rotated-secret-value` and
+    /// `/get-certificate-value`, oldest first (at most the last 100 000).
     pub reads: Vec<ReadRecord>,
     /// Reads dropped from the front of the log because it was full.
     pub reads_dropped: u64,
@@ -44,6 +49,10 @@ pub struct Stats {
     /// issued token came from, so tests can tie every read back to the credential behind it.
     #[serde(default)]
     pub logins: Vec<LoginRecord>,
+    /// Credentials minted, by item (canonical name): leases of dynamic secrets
+    /// (`/get-dynamic-secret-value`), certificates issued by PKI and SSH issuers.
+    #[serde(default)]
+    pub leases: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -52,6 +61,14 @@ impl Stats {
         self.calls
             .get(&endpoint_key(endpoint))
             .copied()
+            .unwrap_or(0)
+    }
+
+    /// Credentials minted from item `name` (`"/demo/db"` or `"demo/db"`).
+    pub fn leases_minted(&self, name: &str) -> u64 {
+        normalize_name(name)
+            .ok()
+            .and_then(|name| self.leases.get(&name).copied())
             .unwrap_or(0)
     }
 }
@@ -140,8 +157,28 @@ pub(crate) struct Item {
     pub item_id: u64,
     pub display_id: String,
     pub created_ms: u64,
-    /// Oldest first: version N is `versions[N - 1]`.
+    /// Oldest first: version N is `versions[N - 1]`. Dynamic secrets and issuers have none.
     pub versions: Vec<Version>,
+    /// Lease lifetime (dynamic secrets), default certificate lifetime (issuers).
+    pub ttl_seconds: u64,
+    /// Largest certificate lifetime a request may ask for (issuers).
+    pub max_ttl_seconds: u64,
+    /// Dynamic secrets: answer `{"value": "<JSON>", "error": ""}`.
+    pub wrapped: bool,
+    /// SSH issuers: the usernames they sign for (empty: any).
+    pub allowed_users: Vec<String>,
+    pub authority: Authority,
+}
+
+/// The key material behind an item, generated when it is created.
+pub(crate) enum Authority {
+    None,
+    /// `certificate`: the CAs that sign its leaves.
+    Certificate(CertChain),
+    /// `pki-cert-issuer`.
+    Pki(PkiCa),
+    /// `ssh-cert-issuer`.
+    Ssh(SshCa),
 }
 
 impl Item {
@@ -157,8 +194,88 @@ impl Item {
 }
 
 pub(crate) struct Version {
+    /// The value; for certificate items the leaf PEM followed by the intermediate CA PEM.
     pub value: String,
     pub created_ms: u64,
+    /// Certificate items: the leaf's key and validity.
+    pub certificate: Option<CertificateVersion>,
+}
+
+impl Version {
+    fn text(value: String, created_ms: u64) -> Version {
+        Version {
+            value,
+            created_ms,
+            certificate: None,
+        }
+    }
+
+    fn leaf(leaf: Leaf, created_ms: u64) -> Version {
+        Version {
+            value: leaf.chain_pem,
+            created_ms,
+            certificate: Some(CertificateVersion {
+                key_pem: leaf.key_pem,
+                not_before_ms: leaf.not_before_secs.saturating_mul(1000),
+                not_after_ms: leaf.not_after_secs.saturating_mul(1000),
+            }),
+        }
+    }
+}
+
+pub(crate) struct CertificateVersion {
+    /// PKCS#8 PEM of the leaf's key.
+    pub key_pem: SecretString,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+/// What an item is, besides its name and values.
+pub(crate) struct ItemSpec {
+    pub item_type: ItemType,
+    pub format: SecretFormat,
+    pub tags: Vec<String>,
+    pub ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub wrapped: bool,
+    pub allowed_users: Vec<String>,
+    /// Certificate items: CN and DNS SAN of the leaves.
+    pub common_name: String,
+}
+
+impl ItemSpec {
+    fn from_seed(item: &SeedItem) -> ItemSpec {
+        ItemSpec {
+            item_type: item.item_type,
+            format: item.format,
+            tags: item.tags.clone(),
+            ttl_seconds: item.ttl_seconds(),
+            max_ttl_seconds: item.max_ttl_seconds(),
+            wrapped: item.wrapped,
+            allowed_users: item.allowed_users.clone(),
+            common_name: item.common_name(),
+        }
+    }
+
+    /// A static text secret, as `put_secret` creates.
+    fn static_text() -> ItemSpec {
+        ItemSpec {
+            item_type: ItemType::StaticSecret,
+            format: SecretFormat::Text,
+            tags: Vec::new(),
+            ttl_seconds: DEFAULT_ITEM_TTL_SECONDS,
+            max_ttl_seconds: DEFAULT_MAX_TTL_SECONDS,
+            wrapped: false,
+            allowed_users: Vec::new(),
+            common_name: String::new(),
+        }
+    }
+}
+
+fn crypto_message(err: CryptoError) -> String {
+    match err {
+        CryptoError::Request(message) | CryptoError::Internal(message) => message,
+    }
 }
 
 pub(crate) struct Items {
@@ -167,34 +284,67 @@ pub(crate) struct Items {
 }
 
 impl Items {
+    /// Creates an item, with fresh key material for certificates and issuers.
     fn insert_new(
         &mut self,
         name: String,
-        item_type: ItemType,
-        format: SecretFormat,
-        tags: Vec<String>,
+        spec: ItemSpec,
         values: Vec<String>,
         now: u64,
-    ) {
+    ) -> Result<(), String> {
+        let now_secs = now / 1000;
+        let material = |err: CryptoError| {
+            format!(
+                "cannot generate the key material of item {name:?}: {}",
+                crypto_message(err)
+            )
+        };
+        let (authority, versions) = match spec.item_type {
+            ItemType::Certificate => {
+                let chain =
+                    CertChain::generate(&name, &spec.common_name, spec.ttl_seconds, now_secs)
+                        .map_err(material)?;
+                let leaf = chain.issue_leaf(now_secs).map_err(material)?;
+                (
+                    Authority::Certificate(chain),
+                    vec![Version::leaf(leaf, now)],
+                )
+            }
+            ItemType::PkiCertIssuer => (
+                Authority::Pki(PkiCa::generate(&name, now_secs).map_err(material)?),
+                Vec::new(),
+            ),
+            ItemType::SshCertIssuer => (
+                Authority::Ssh(SshCa::generate().map_err(material)?),
+                Vec::new(),
+            ),
+            _ => (
+                Authority::None,
+                values
+                    .into_iter()
+                    .map(|value| Version::text(value, now))
+                    .collect(),
+            ),
+        };
         self.next_id += 1;
         let digest = hex::encode(Sha256::digest(name.as_bytes()));
         let item = Item {
             display_id: format!("{}-{}", &digest[..12], &digest[12..16]),
             item_id: self.next_id,
             name: name.clone(),
-            item_type,
-            format,
-            tags,
+            item_type: spec.item_type,
+            format: spec.format,
+            tags: spec.tags,
             created_ms: now,
-            versions: values
-                .into_iter()
-                .map(|value| Version {
-                    value,
-                    created_ms: now,
-                })
-                .collect(),
+            versions,
+            ttl_seconds: spec.ttl_seconds,
+            max_ttl_seconds: spec.max_ttl_seconds,
+            wrapped: spec.wrapped,
+            allowed_users: spec.allowed_users,
+            authority,
         };
         self.map.insert(name, item);
+        Ok(())
     }
 }
 
@@ -212,6 +362,7 @@ struct StatsInner {
     reads: VecDeque<ReadRecord>,
     reads_dropped: u64,
     logins: VecDeque<LoginRecord>,
+    leases: BTreeMap<String, u64>,
 }
 
 /// State shared by the listener, every connection and every handle.
@@ -226,11 +377,13 @@ pub(crate) struct Shared {
     stats: Mutex<StatsInner>,
     faults: Mutex<FaultQueue>,
     latency_ms: AtomicU64,
+    /// Numbers leases and issued certificates (never reset, so ids stay unique).
+    mint_sequence: AtomicU64,
 }
 
 impl Shared {
-    /// Builds the state from a validated seed.
-    pub fn new(seed: &Seed) -> Shared {
+    /// Builds the state from a validated seed; fails only if key material cannot be made.
+    pub fn new(seed: &Seed) -> Result<Shared, String> {
         let now = now_ms();
         let methods = seed
             .auth_methods
@@ -261,14 +414,7 @@ impl Shared {
             let Ok(name) = normalize_name(&item.name) else {
                 continue;
             };
-            items.insert_new(
-                name,
-                item.item_type,
-                item.format,
-                item.tags.clone(),
-                item.version_values(),
-                now,
-            );
+            items.insert_new(name, ItemSpec::from_seed(item), item.version_values(), now)?;
         }
         // Universal Identity tokens are data credentials from the start.
         let mut tokens = HashMap::new();
@@ -284,7 +430,7 @@ impl Shared {
                 );
             }
         }
-        Shared {
+        Ok(Shared {
             account_id: seed.account_id.clone(),
             token_ttl_ms: seed.token_ttl_seconds.saturating_mul(1000),
             list_page_size: seed.list_page_size.max(1),
@@ -294,7 +440,8 @@ impl Shared {
             stats: Mutex::new(StatsInner::default()),
             faults: Mutex::new(FaultQueue::default()),
             latency_ms: AtomicU64::new(0),
-        }
+            mint_sequence: AtomicU64::new(1),
+        })
     }
 
     pub fn items(&self) -> RwLockReadGuard<'_, Items> {
@@ -348,7 +495,41 @@ impl Shared {
             reads: stats.reads.iter().cloned().collect(),
             reads_dropped: stats.reads_dropped,
             logins: stats.logins.iter().cloned().collect(),
+            leases: stats.leases.clone(),
         }
+    }
+
+    /// Counts one credential minted from `item` (a canonical name); returns a number unique
+    /// for the emulator's lifetime.
+    pub fn record_lease(&self, item: &str) -> u64 {
+        let mut stats = lock(&self.stats);
+        if let Some(count) = stats.leases.get_mut(item) {
+            *count += 1;
+        } else {
+            stats.leases.insert(item.to_owned(), 1);
+        }
+        drop(stats);
+        self.mint_sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn leases_minted(&self, name: &str) -> u64 {
+        let Ok(name) = normalize_name(name) else {
+            return 0;
+        };
+        lock(&self.stats).leases.get(&name).copied().unwrap_or(0)
+    }
+
+    /// Something of the item `name`'s key material, if it has that kind.
+    pub fn authority<T>(
+        &self,
+        name: &str,
+        pick: impl FnOnce(&Authority) -> Option<T>,
+    ) -> Option<T> {
+        let name = normalize_name(name).ok()?;
+        self.items()
+            .map
+            .get(&name)
+            .and_then(|item| pick(&item.authority))
     }
 
     pub fn reset_stats(&self) {
@@ -440,27 +621,36 @@ impl Shared {
 
     // ---- items ----
 
-    /// Adds a version to `name` (a new static text secret if it does not exist). Returns the
-    /// new version number, or why the name is unusable.
-    pub fn put_secret(&self, name: &str, value: &str) -> Result<u32, &'static str> {
-        let name = normalize_name(name)?;
+    /// Adds a version to `name`, as a rotation would: the value of a static or rotated
+    /// secret, a fresh leaf (new key, same CN and CAs; `value` is ignored) of a certificate.
+    /// A missing item becomes a new static text secret. Returns the new version number, or
+    /// why there is none (an unusable name, an item type without versions).
+    pub fn put_secret(&self, name: &str, value: &str) -> Result<u32, String> {
+        let name = normalize_name(name).map_err(|why| format!("item name {why}"))?;
         let now = now_ms();
         let mut items = write(&self.items);
         if let Some(item) = items.map.get_mut(&name) {
-            item.versions.push(Version {
-                value: value.to_owned(),
-                created_ms: now,
-            });
+            let version = match (&item.item_type, &item.authority) {
+                (ItemType::StaticSecret | ItemType::RotatedSecret, _) => {
+                    Version::text(value.to_owned(), now)
+                }
+                (ItemType::Certificate, Authority::Certificate(chain)) => {
+                    let leaf = chain.issue_leaf(now / 1000).map_err(|err| {
+                        format!("cannot renew certificate {name:?}: {}", crypto_message(err))
+                    })?;
+                    Version::leaf(leaf, now)
+                }
+                (other, _) => {
+                    return Err(format!(
+                        "item {name:?} is a {}: it has no versions to add to",
+                        other.wire()
+                    ));
+                }
+            };
+            item.versions.push(version);
             return Ok(item.last_version());
         }
-        items.insert_new(
-            name,
-            ItemType::StaticSecret,
-            SecretFormat::Text,
-            Vec::new(),
-            vec![value.to_owned()],
-            now,
-        );
+        items.insert_new(name, ItemSpec::static_text(), vec![value.to_owned()], now)?;
         Ok(1)
     }
 

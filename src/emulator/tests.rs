@@ -1225,6 +1225,46 @@ fn seed_errors_name_the_line() {
         ),
         ("items:\n  - name: /f/\n    value: x\n", 2, "ends with '/'"),
         ("token_ttl_seconds: 0\n", 1, "between 1"),
+        (
+            "items:\n  - name: /a\n    value: x\n  - name: /d\n    type: dynamic-secret\n    value: x\n",
+            4,
+            "has no stored value",
+        ),
+        (
+            "items:\n  - name: /r\n    type: rotated-secret\n",
+            2,
+            "rotated secret \"/r\" needs a value",
+        ),
+        (
+            "items:\n  - name: /s\n    value: x\n    wrapped: true\n",
+            2,
+            "wrapped does not apply to a static-secret",
+        ),
+        (
+            "items:\n  - name: /p\n    type: pki-cert-issuer\n    allowed_users: [root]\n",
+            2,
+            "allowed_users does not apply",
+        ),
+        (
+            "items:\n  - name: /p\n    type: ssh-cert-issuer\n    ttl_seconds: 7200\n    max_ttl_seconds: 3600\n",
+            2,
+            "exceeds max_ttl_seconds",
+        ),
+        (
+            "items:\n  - name: /d\n    type: dynamic-secret\n    ttl_seconds: 0\n",
+            2,
+            "ttl_seconds must be between 1",
+        ),
+        (
+            "items:\n  - name: /c/my cert\n    type: certificate\n",
+            2,
+            "set common_name",
+        ),
+        (
+            "items:\n  - name: /c\n    type: certificate\n    ca: x\n",
+            4,
+            "unknown field `ca`",
+        ),
         ("items: [\n", 2, ""),
     ];
     for (yaml, line, fragment) in cases {
@@ -1278,6 +1318,7 @@ async fn start_rejects_invalid_programmatic_seeds_and_busy_ports() {
         value: None,
         versions: None,
         tags: vec![],
+        ..SeedItem::default()
     });
     let err = start("127.0.0.1:0".parse().unwrap(), seed)
         .await
@@ -1324,6 +1365,11 @@ async fn odd_inputs_never_break_it() {
         "describe-item",
         "list-items",
         "validate-token",
+        "get-dynamic-secret-value",
+        "get-rotated-secret-value",
+        "get-certificate-value",
+        "get-pki-certificate",
+        "get-ssh-certificate",
     ] {
         for body in &bodies {
             let response = http
@@ -1501,4 +1547,954 @@ async fn auth_checks_each_credential_format_and_records_logins() {
         !serde_json::to_string(&logins).unwrap().contains(&sa),
         "never the credential"
     );
+}
+
+// ---- dynamic, rotated, certificate, PKI and SSH items ----
+
+const CREDENTIALS_SEED: &str = r#"
+auth_methods:
+  - access_id: p-demo0000000001
+    access_key: "demo-access-key-not-secret"
+    read: ["/demo/*"]
+  - access_id: p-narrow00000001
+    access_key: narrow-key
+    read: [/demo/db/password]
+items:
+  - name: /demo/db/password
+    value: "pw-1"
+  - name: /demo/dyn/db
+    type: dynamic-secret
+    ttl_seconds: 150
+  - name: /demo/dyn/dapr
+    type: dynamic-secret
+    wrapped: true
+  - name: /demo/rot/app
+    type: rotated-secret
+    versions:
+      - '{"username":"app","password":"rot-1"}'
+      - '{"username":"app","password":"rot-2"}'
+  - name: /demo/rot/custom
+    type: rotated-secret
+    value: "plain-token"
+  - name: /demo/tls/web
+    type: certificate
+    common_name: web.demo.internal
+    ttl_seconds: 86400
+  - name: /demo/tls/api.demo.internal
+    type: certificate
+  - name: /demo/pki/issuer
+    type: pki-cert-issuer
+    ttl_seconds: 600
+    max_ttl_seconds: 7200
+  - name: /demo/ssh/issuer
+    type: ssh-cert-issuer
+    ttl_seconds: 300
+    max_ttl_seconds: 900
+    allowed_users: [ubuntu, deploy]
+  - name: /other/dyn
+    type: dynamic-secret
+"#;
+
+async fn credentials_emulator() -> (EmulatorHandle, String) {
+    let emulator = start(
+        "127.0.0.1:0".parse().unwrap(),
+        Seed::from_yaml(CREDENTIALS_SEED).unwrap(),
+    )
+    .await
+    .unwrap();
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    (emulator, token)
+}
+
+fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+    let mut rest = pem.as_bytes();
+    let mut blocks = Vec::new();
+    while !rest.iter().all(u8::is_ascii_whitespace) {
+        let (tail, block) = x509_parser::pem::parse_x509_pem(rest).unwrap();
+        blocks.push(block.contents);
+        rest = tail;
+    }
+    blocks
+}
+
+fn parse_cert(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).unwrap().1
+}
+
+fn common_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn dns_sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|name| match name {
+                    GeneralName::DNSName(dns) => format!("dns:{dns}"),
+                    GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                    GeneralName::URI(uri) => format!("uri:{uri}"),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_new_command_checks_permission_existence_and_type() {
+    let (emulator, token) = credentials_emulator().await;
+    let narrow = login(&emulator, NARROW_ID, NARROW_KEY).await;
+    let csr = {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(vec!["x.demo".to_owned()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(csr.der())
+    };
+    let ssh_key = ssh_ed25519_line(&aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap());
+    // (command, request naming `item`, an item of the right type)
+    type Body = Box<dyn Fn(&str) -> Value>;
+    let cases: Vec<(&str, Body, &str)> = vec![
+        (
+            "get-dynamic-secret-value",
+            Box::new(|item: &str| json!({"name": item})),
+            "/demo/dyn/db",
+        ),
+        (
+            "get-rotated-secret-value",
+            Box::new(|item: &str| json!({"names": item})),
+            "/demo/rot/app",
+        ),
+        (
+            "get-certificate-value",
+            Box::new(|item: &str| json!({"name": item})),
+            "/demo/tls/web",
+        ),
+        (
+            "get-pki-certificate",
+            Box::new(move |item: &str| json!({"cert-issuer-name": item, "csr-data-base64": csr})),
+            "/demo/pki/issuer",
+        ),
+        (
+            "get-ssh-certificate",
+            Box::new(
+                move |item: &str| json!({"cert-issuer-name": item, "cert-username": "ubuntu", "public-key-data": ssh_key}),
+            ),
+            "/demo/ssh/issuer",
+        ),
+    ];
+    for (command, body, good) in &cases {
+        let with = |mut body: Value, token: &str| {
+            body["token"] = json!(token);
+            body
+        };
+        let (status, reply) = post(&emulator, command, with(body(good), &token)).await;
+        assert_eq!(status, 200, "{command}: {reply}");
+        // Names without the leading slash work too.
+        let (status, reply) = post(&emulator, command, with(body(&good[1..]), &token)).await;
+        assert_eq!(status, 200, "{command}: {reply}");
+
+        let (status, reply) =
+            post(&emulator, command, with(body("/demo/db/password"), &token)).await;
+        assert_eq!(status, 400, "{command}: {reply}");
+        assert!(
+            error_text(&reply).starts_with("invalid request body: item /demo/db/password is not ")
+                && error_text(&reply).ends_with("(item type STATIC_SECRET)"),
+            "{command}: {reply}"
+        );
+        let (status, reply) = post(&emulator, command, with(body("/demo/nope"), &token)).await;
+        assert_eq!(status, 404, "{command}: {reply}");
+        assert!(
+            error_text(&reply).contains("Status 404 Not Found, Error: NotFound.")
+                && error_text(&reply).ends_with("failed to obtain item /demo/nope"),
+            "{command}: {reply}"
+        );
+        // No permission: 401 whether or not the item exists.
+        for item in [*good, "/demo/nope", "/other/dyn"] {
+            let (status, reply) = post(&emulator, command, with(body(item), &narrow)).await;
+            assert_eq!(status, 401, "{command} {item}: {reply}");
+            assert!(
+                error_text(&reply).contains("Status 401 Unauthorized, Error: UnauthorizedAccess.")
+                    && error_text(&reply)
+                        .contains("unauthorized access for access id p-narrow00000001"),
+                "{command}: {reply}"
+            );
+        }
+        let (status, reply) = post(&emulator, command, body(good)).await;
+        assert_eq!(status, 401, "{command} without a token: {reply}");
+        let (status, reply) = post(&emulator, command, json!({"token": token})).await;
+        assert_eq!(status, 400, "{command}: {reply}");
+        assert!(
+            error_text(&reply).starts_with("invalid request body: Missing required parameter - "),
+            "{command}: {reply}"
+        );
+        // Every call is counted, failures included.
+        assert_eq!(emulator.calls(command), 9, "{command}");
+    }
+    // Faults apply to the new commands too.
+    emulator.add_fault(
+        Fault::new(FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        })
+        .on("/get-dynamic-secret-value")
+        .times(1),
+    );
+    let (status, _) = post(
+        &emulator,
+        "get-dynamic-secret-value",
+        json!({"name": "/demo/dyn/db", "token": token}),
+    )
+    .await;
+    assert_eq!(status, 503);
+
+    // Every type is listed, with its item_type.
+    let (status, body) = post(&emulator, "list-items", json!({"token": token})).await;
+    assert_eq!(status, 200);
+    let types: std::collections::BTreeMap<&str, &str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["item_name"].as_str().unwrap(),
+                item["item_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(types["/demo/dyn/db"], "DYNAMIC_SECRET");
+    assert_eq!(types["/demo/rot/app"], "ROTATED_SECRET");
+    assert_eq!(types["/demo/tls/web"], "CERTIFICATE");
+    assert_eq!(types["/demo/pki/issuer"], "PKI_CERT_ISSUER");
+    assert_eq!(types["/demo/ssh/issuer"], "SSH_CERT_ISSUER");
+    let (_, body) = post(
+        &emulator,
+        "list-items",
+        json!({"token": token, "type": ["rotated-secret"]}),
+    )
+    .await;
+    assert_eq!(names(&body), ["/demo/rot/app", "/demo/rot/custom"]);
+}
+
+#[tokio::test]
+async fn dynamic_secrets_mint_a_lease_per_call() {
+    let (emulator, token) = credentials_emulator().await;
+    let call = |name: &str| {
+        post(
+            &emulator,
+            "get-dynamic-secret-value",
+            json!({"name": name, "token": token, "args": ["role=ro"], "timeout": 15}),
+        )
+    };
+    let (status, first) = call("/demo/dyn/db").await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = call("demo/dyn/db").await;
+    for lease in [&first, &second] {
+        let object = lease.as_object().unwrap();
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            ["id", "password", "ttl_in_minutes", "user"]
+        );
+        assert!(object.values().all(Value::is_string), "{lease}");
+        assert_eq!(lease["ttl_in_minutes"], "3", "150 s rounds up");
+        let password = lease["password"].as_str().unwrap();
+        assert_eq!(password.len(), 24);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert!(lease["id"].as_str().unwrap().starts_with("tmp-"));
+    }
+    for field in ["id", "user", "password"] {
+        assert_ne!(first[field], second[field], "{field}");
+    }
+    assert_eq!(emulator.leases_minted("/demo/dyn/db"), 2);
+    assert_eq!(emulator.leases_minted("demo/dyn/db"), 2);
+    assert_eq!(emulator.stats().leases_minted("/demo/dyn/db"), 2);
+    assert_eq!(emulator.calls("get-dynamic-secret-value"), 2);
+    assert!(emulator.stats().reads.is_empty());
+
+    // Dapr's wrapper: the same credentials as a JSON string.
+    let (status, wrapped) = call("/demo/dyn/dapr").await;
+    assert_eq!(status, 200, "{wrapped}");
+    assert_eq!(wrapped["error"], "");
+    let inner: Value = serde_json::from_str(wrapped["value"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["ttl_in_minutes"], "60");
+    assert!(inner["user"].is_string() && inner["password"].is_string() && inner["id"].is_string());
+    assert_ne!(inner["id"], first["id"]);
+    assert_eq!(emulator.leases_minted("/demo/dyn/dapr"), 1);
+    assert_eq!(emulator.stats().leases.len(), 2);
+
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/dyn/db", "token": token}),
+    )
+    .await;
+    assert_eq!(
+        body["item_general_info"]["dynamic_secret_producer_details"],
+        json!({"producer_status": "ProducerConnected", "producer_type": "custom", "user_ttl": "3m"})
+    );
+    // There is nothing to rotate.
+    let response = client()
+        .post(format!("{}/__emulator/secrets", emulator.url()))
+        .json(&json!({"name": "/demo/dyn/db", "value": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    emulator.reset_stats();
+    assert_eq!(emulator.leases_minted("/demo/dyn/db"), 0);
+    let (_, third) = call("/demo/dyn/db").await;
+    assert_ne!(
+        third["id"], first["id"],
+        "lease ids stay unique across resets"
+    );
+}
+
+#[tokio::test]
+async fn rotated_secrets_serve_objects_by_version() {
+    let (emulator, token) = credentials_emulator().await;
+    let get = |body: Value| {
+        let mut body = body;
+        body["token"] = json!(token);
+        post(&emulator, "get-rotated-secret-value", body)
+    };
+    let (status, body) = get(json!({"names": "/demo/rot/app", "ignore-cache": "false"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"value": {"username": "app", "password": "rot-2"}})
+    );
+    let (_, body) = get(json!({"names": "/demo/rot/app", "version": 1})).await;
+    assert_eq!(body["value"]["password"], "rot-1");
+    let (status, _) = get(json!({"names": "/demo/rot/app", "version": 3})).await;
+    assert_eq!(status, 404);
+    let (status, _) = get(json!({"names": "/demo/rot/app", "version": -1})).await;
+    assert_eq!(status, 400);
+    let (status, _) = get(json!({"names": ["/demo/rot/app"]})).await;
+    assert_eq!(status, 400, "names is a string here");
+    let (_, body) = get(json!({"names": "/demo/rot/custom"})).await;
+    assert_eq!(body, json!({"value": {"payload": "plain-token"}}));
+
+    // Rotation, through the handle and the control API.
+    emulator.put_secret("/demo/rot/app", r#"{"username":"app","password":"rot-3"}"#);
+    let (_, body) = get(json!({"names": "/demo/rot/app"})).await;
+    assert_eq!(body["value"]["password"], "rot-3");
+    let response = client()
+        .post(format!("{}/__emulator/secrets", emulator.url()))
+        .json(&json!({"name": "/demo/rot/app", "value": "{\"username\":\"app\",\"password\":\"rot-4\"}"}))
+        .send()
+        .await
+        .unwrap();
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["version"], 4);
+    let (_, body) = get(json!({"names": "demo/rot/app"})).await;
+    assert_eq!(body["value"]["password"], "rot-4");
+    let (_, body) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/rot/app", "token": token}),
+    )
+    .await;
+    assert_eq!(body["last_version"], 4);
+    assert_eq!(
+        body["item_general_info"]["rotated_secret_details"]["rotator_status"],
+        "RotationSucceeded"
+    );
+    let reads = emulator.stats().reads;
+    assert_eq!(
+        reads
+            .iter()
+            .map(|r| (r.item.as_str(), r.version))
+            .collect::<Vec<_>>(),
+        [
+            ("/demo/rot/app", 2),
+            ("/demo/rot/app", 1),
+            ("/demo/rot/custom", 1),
+            ("/demo/rot/app", 3),
+            ("/demo/rot/app", 4)
+        ]
+    );
+    // get-secret-value does not serve them.
+    let (status, _) = post(
+        &emulator,
+        "get-secret-value",
+        json!({"names": ["/demo/rot/app"], "token": token}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn certificate_items_serve_a_generated_chain_and_key() {
+    let (emulator, token) = credentials_emulator().await;
+    let get = |body: Value| {
+        let mut body = body;
+        body["token"] = json!(token);
+        post(&emulator, "get-certificate-value", body)
+    };
+    let (status, body) = get(json!({"name": "/demo/tls/web"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 2);
+    let chain = pem_blocks(body["certificate_pem"].as_str().unwrap());
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let root_pem = emulator.certificate_root_pem("/demo/tls/web").unwrap();
+    let root_der = &pem_blocks(&root_pem)[0];
+    let (leaf, intermediate, root) = (
+        parse_cert(&chain[0]),
+        parse_cert(&chain[1]),
+        parse_cert(root_der),
+    );
+    assert_eq!(common_name(leaf.subject()), "web.demo.internal");
+    assert_eq!(dns_sans(&leaf), ["dns:web.demo.internal"]);
+    assert!(!leaf.is_ca() && intermediate.is_ca() && root.is_ca());
+    assert_eq!(leaf.issuer(), intermediate.subject());
+    assert_eq!(intermediate.issuer(), root.subject());
+    assert_eq!(root.issuer(), root.subject());
+    leaf.verify_signature(Some(intermediate.public_key()))
+        .unwrap();
+    intermediate
+        .verify_signature(Some(root.public_key()))
+        .unwrap();
+    root.verify_signature(None).unwrap();
+    let validity = leaf.validity();
+    assert_eq!(
+        validity.not_after.timestamp() - validity.not_before.timestamp(),
+        86_400 + 60
+    );
+    // The key is the leaf's: PKCS#8 P-256.
+    let key_pem = body["private_key_pem"].as_str().unwrap();
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{key_pem}"
+    );
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    assert_eq!(
+        key.public_key_raw(),
+        leaf.public_key().subject_public_key.data.as_ref()
+    );
+
+    // The default CN is the last path element; every item has its own CAs.
+    let (_, other) = get(json!({"name": "/demo/tls/api.demo.internal", "version": 0})).await;
+    let other_chain = pem_blocks(other["certificate_pem"].as_str().unwrap());
+    let other_leaf = parse_cert(&other_chain[0]);
+    assert_eq!(common_name(other_leaf.subject()), "api.demo.internal");
+    assert_eq!(dns_sans(&other_leaf), ["dns:api.demo.internal"]);
+    assert_ne!(
+        emulator
+            .certificate_root_pem("/demo/tls/api.demo.internal")
+            .unwrap(),
+        root_pem
+    );
+    assert_ne!(other["private_key_pem"], body["private_key_pem"]);
+    assert_eq!(emulator.certificate_root_pem("/demo/pki/issuer"), None);
+    assert_eq!(emulator.certificate_root_pem("/demo/nope"), None);
+
+    let (_, described) = post(
+        &emulator,
+        "describe-item",
+        json!({"name": "/demo/tls/web", "show-versions": true, "token": token}),
+    )
+    .await;
+    let info = &described["item_general_info"]["certificate_chain_info"];
+    assert_eq!(info["certificate_pem"], body["certificate_pem"]);
+    assert_eq!(info["certificate_has_private_key"], true);
+    assert_eq!(info["certificate_status"], "Valid");
+    assert_eq!(info["common_name"], "web.demo.internal");
+    assert!(info["expiration_date"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        described["item_versions"][0]["certificate_version_info"]["status"],
+        "Valid"
+    );
+
+    // Rotation: a fresh leaf under the same CAs; version 1 stays readable.
+    emulator.put_secret("/demo/tls/web", "ignored");
+    let (_, renewed) = get(json!({"name": "/demo/tls/web"})).await;
+    assert_ne!(renewed["private_key_pem"], body["private_key_pem"]);
+    let renewed_chain = pem_blocks(renewed["certificate_pem"].as_str().unwrap());
+    let renewed_leaf = parse_cert(&renewed_chain[0]);
+    renewed_leaf
+        .verify_signature(Some(intermediate.public_key()))
+        .unwrap();
+    assert_eq!(renewed_chain[1], chain[1]);
+    let (_, first) = get(json!({"name": "/demo/tls/web", "version": 1})).await;
+    assert_eq!(first, body);
+    let (status, _) = get(json!({"name": "/demo/tls/web", "version": 3})).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        emulator
+            .stats()
+            .reads
+            .iter()
+            .map(|r| r.version)
+            .collect::<Vec<_>>(),
+        [1, 1, 2, 1]
+    );
+}
+
+fn csr_base64(key: &rcgen::KeyPair, cn: Option<&str>, sans: &[&str], pem: bool) -> String {
+    use base64::Engine as _;
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    let csr = params.serialize_request(key).unwrap();
+    let bytes = if pem {
+        csr.pem().unwrap().into_bytes()
+    } else {
+        csr.der().to_vec()
+    };
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn pki_issuers_sign_csrs() {
+    use x509_parser::prelude::FromDer as _;
+    let (emulator, token) = credentials_emulator().await;
+    let issue = |body: Value| {
+        let mut body = body;
+        body["token"] = json!(token);
+        body["cert-issuer-name"] = json!("/demo/pki/issuer");
+        post(&emulator, "get-pki-certificate", body)
+    };
+    let ca_pem = emulator.pki_ca_pem("/demo/pki/issuer").unwrap();
+    let ca_der = pem_blocks(&ca_pem).remove(0);
+    let ca = parse_cert(&ca_der);
+    assert!(ca.is_ca());
+    assert_eq!(emulator.pki_ca_pem("/demo/tls/web"), None);
+
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .expect("aws-lc-rs generates RSA keys");
+    let keys = [
+        (
+            "p256",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        ),
+        (
+            "p384",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+        ),
+        (
+            "ed25519",
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        ),
+        ("rsa2048", rsa),
+    ];
+    let mut issued = 0;
+    for (label, key) in &keys {
+        let csr = csr_base64(
+            key,
+            Some(&format!("{label}.demo")),
+            &[&format!("{label}.demo.internal")],
+            false,
+        );
+        let (status, body) = issue(json!({
+            "csr-data-base64": csr,
+            "alt-names": "extra.demo, 10.0.0.7",
+            "uri-sans": "spiffe://demo/svc",
+            "ttl": "300",
+        }))
+        .await;
+        assert_eq!(status, 200, "{label}: {body}");
+        issued += 1;
+        let object = body.as_object().unwrap();
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            [
+                "cert_display_id",
+                "cert_item_id",
+                "data",
+                "parent_cert",
+                "path",
+                "reading_token"
+            ]
+        );
+        assert_eq!(body["parent_cert"], ca_pem.as_str());
+        assert_eq!(body["reading_token"], "");
+        assert!(body["cert_item_id"].is_u64());
+        assert_eq!(body["cert_display_id"].as_str().unwrap().len(), 17);
+        let der = pem_blocks(body["data"].as_str().unwrap()).remove(0);
+        let cert = parse_cert(&der);
+        // Bound to the CSR's key, signed by the issuer's CA.
+        let csr_der = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(&csr)
+                .unwrap()
+        };
+        let (_, request) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
+                .unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            request.certification_request_info.subject_pki.raw,
+            "{label}"
+        );
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        assert_eq!(cert.issuer(), ca.subject());
+        cert.verify_signature(Some(ca.public_key())).unwrap();
+        assert!(!cert.is_ca());
+        assert_eq!(common_name(cert.subject()), format!("{label}.demo"));
+        assert_eq!(
+            dns_sans(&cert),
+            [
+                format!("dns:{label}.demo.internal"),
+                "dns:extra.demo".to_owned(),
+                "ip:[10, 0, 0, 7]".to_owned(),
+                "uri:spiffe://demo/svc".to_owned(),
+            ]
+        );
+        let validity = cert.validity();
+        assert_eq!(
+            validity.not_after.timestamp() - validity.not_before.timestamp(),
+            300
+        );
+        let now = i64::try_from(state::now_ms() / 1000).unwrap();
+        assert!((validity.not_before.timestamp() - now).abs() <= 5);
+        let serial = hex::encode(cert.raw_serial());
+        assert_eq!(body["path"], format!("/demo/pki/issuer/{serial}"));
+    }
+    assert_eq!(emulator.leases_minted("/demo/pki/issuer"), issued);
+
+    // A PEM CSR (base64 of the PEM text), no CN: common-name fills in; ttl as a number;
+    // the issuer's default ttl otherwise.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (status, body) = issue(json!({
+        "csr-data-base64": csr_base64(&key, None, &["pem.demo"], true),
+        "common-name": "from-request",
+        "ttl": 120,
+        "extended-key-usage": "clientauth",
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let der = pem_blocks(body["data"].as_str().unwrap()).remove(0);
+    let cert = parse_cert(&der);
+    assert_eq!(common_name(cert.subject()), "from-request");
+    let usage = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(usage.client_auth && !usage.server_auth);
+    let validity = cert.validity();
+    assert_eq!(
+        validity.not_after.timestamp() - validity.not_before.timestamp(),
+        120
+    );
+    let (_, body) =
+        issue(json!({"csr-data-base64": csr_base64(&key, Some("d"), &[], false)})).await;
+    let der = pem_blocks(body["data"].as_str().unwrap()).remove(0);
+    let validity = parse_cert(&der).validity().clone();
+    assert_eq!(
+        validity.not_after.timestamp() - validity.not_before.timestamp(),
+        600
+    );
+
+    // Errors.
+    let csr = csr_base64(&key, Some("x"), &[], false);
+    let (status, body) = issue(json!({"csr-data-base64": csr, "ttl": "7201"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        error_text(&body).contains("exceeds the issuer's max ttl"),
+        "{body}"
+    );
+    let (status, body) = issue(json!({"common-name": "x"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        error_text(&body).contains("a CSR or key is required"),
+        "{body}"
+    );
+    let (status, body) = issue(json!({"csr-data-base64": "bm90IGEgY3Ny"})).await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body).contains("invalid CSR"), "{body}");
+    let (status, body) = issue(json!({"csr-data-base64": "%%%"})).await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body).contains("not base64"), "{body}");
+    let mut tampered = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&csr)
+            .unwrap()
+    };
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let tampered = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&tampered)
+    };
+    let (status, body) = issue(json!({"csr-data-base64": tampered})).await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body).contains("invalid CSR"), "{body}");
+    let (status, _) = issue(json!({"csr-data-base64": csr, "ttl": "-5"})).await;
+    assert_eq!(status, 400);
+    let (status, _) = issue(json!({"csr-data-base64": csr, "extended-key-usage": "magic"})).await;
+    assert_eq!(status, 400);
+    let nameless = csr_base64(&key, None, &[], false);
+    let (status, _) = issue(json!({"csr-data-base64": nameless})).await;
+    assert_eq!(status, 400);
+    assert_eq!(emulator.leases_minted("/demo/pki/issuer"), issued + 2);
+}
+
+fn ssh_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn ssh_line(blob: &[u8], comment: &str) -> String {
+    use base64::Engine as _;
+    let mut reader = blob;
+    let key_type = crypto::take_string(&mut reader).unwrap();
+    format!(
+        "{} {} {comment}",
+        std::str::from_utf8(key_type).unwrap(),
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
+
+fn ssh_ed25519_line(key: &aws_lc_rs::signature::Ed25519KeyPair) -> String {
+    use aws_lc_rs::signature::KeyPair as _;
+    let mut blob = Vec::new();
+    ssh_string(&mut blob, b"ssh-ed25519");
+    ssh_string(&mut blob, key.public_key().as_ref());
+    ssh_line(&blob, "user@host")
+}
+
+/// The fields of an OpenSSH certificate, as `PROTOCOL.certkeys` lays them out.
+struct SshCert {
+    cert_type: String,
+    nonce: Vec<u8>,
+    key_fields: Vec<Vec<u8>>,
+    serial: u64,
+    kind: u32,
+    key_id: String,
+    principals: Vec<String>,
+    valid_after: u64,
+    valid_before: u64,
+    critical_options: Vec<u8>,
+    extensions: Vec<String>,
+    reserved: Vec<u8>,
+    signature_key: Vec<u8>,
+    signature: Vec<u8>,
+    signed: Vec<u8>,
+}
+
+fn decode_ssh_cert(line: &str, key_field_count: usize) -> SshCert {
+    use base64::Engine as _;
+    let mut parts = line.split(' ');
+    let stated = parts.next().unwrap().to_owned();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(parts.next().unwrap())
+        .unwrap();
+    let mut r = blob.as_slice();
+    let string = |r: &mut &[u8]| crypto::take_string(r).unwrap().to_vec();
+    let u64_ = |r: &mut &[u8]| {
+        let (v, rest) = r.split_first_chunk::<8>().unwrap();
+        *r = rest;
+        u64::from_be_bytes(*v)
+    };
+    let cert_type = String::from_utf8(string(&mut r)).unwrap();
+    assert_eq!(cert_type, stated);
+    let nonce = string(&mut r);
+    let key_fields = (0..key_field_count).map(|_| string(&mut r)).collect();
+    let serial = u64_(&mut r);
+    let (kind, rest) = r.split_first_chunk::<4>().unwrap();
+    let kind = u32::from_be_bytes(*kind);
+    r = rest;
+    let key_id = String::from_utf8(string(&mut r)).unwrap();
+    let principal_blob = string(&mut r);
+    let mut p = principal_blob.as_slice();
+    let mut principals = Vec::new();
+    while !p.is_empty() {
+        principals.push(String::from_utf8(string(&mut p)).unwrap());
+    }
+    let valid_after = u64_(&mut r);
+    let valid_before = u64_(&mut r);
+    let critical_options = string(&mut r);
+    let extension_blob = string(&mut r);
+    let mut e = extension_blob.as_slice();
+    let mut extensions = Vec::new();
+    while !e.is_empty() {
+        extensions.push(String::from_utf8(string(&mut e)).unwrap());
+        assert!(string(&mut e).is_empty());
+    }
+    let reserved = string(&mut r);
+    let signature_key = string(&mut r);
+    let signed = blob[..blob.len() - r.len()].to_vec();
+    let signature = string(&mut r);
+    assert!(r.is_empty(), "trailing bytes");
+    SshCert {
+        cert_type,
+        nonce,
+        key_fields,
+        serial,
+        kind,
+        key_id,
+        principals,
+        valid_after,
+        valid_before,
+        critical_options,
+        extensions,
+        reserved,
+        signature_key,
+        signature,
+        signed,
+    }
+}
+
+#[tokio::test]
+async fn ssh_issuers_sign_user_certificates() {
+    use base64::Engine as _;
+    let (emulator, token) = credentials_emulator().await;
+    let sign = |body: Value| {
+        let mut body = body;
+        body["token"] = json!(token);
+        body["cert-issuer-name"] = json!("/demo/ssh/issuer");
+        post(&emulator, "get-ssh-certificate", body)
+    };
+    let ca_line = emulator.ssh_ca_public_key("/demo/ssh/issuer").unwrap();
+    assert_eq!(emulator.ssh_ca_public_key("/demo/pki/issuer"), None);
+    let (ca_type, ca_b64) = ca_line.split_once(' ').unwrap();
+    assert_eq!(ca_type, "ssh-ed25519");
+    let ca_blob = base64::engine::general_purpose::STANDARD
+        .decode(ca_b64)
+        .unwrap();
+    let ca_key = {
+        let mut r = ca_blob.as_slice();
+        assert_eq!(crypto::take_string(&mut r).unwrap(), b"ssh-ed25519");
+        crypto::take_string(&mut r).unwrap().to_vec()
+    };
+
+    let user_key = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+    let (status, body) = sign(json!({
+        "cert-username": "ubuntu",
+        "public-key-data": ssh_ed25519_line(&user_key),
+        "legacy-signing-alg-name": false,
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], "/demo/ssh/issuer");
+    let cert = decode_ssh_cert(body["data"].as_str().unwrap(), 1);
+    assert_eq!(cert.cert_type, "ssh-ed25519-cert-v01@openssh.com");
+    assert_eq!(cert.nonce.len(), 32);
+    {
+        use aws_lc_rs::signature::KeyPair as _;
+        assert_eq!(cert.key_fields, [user_key.public_key().as_ref().to_vec()]);
+    }
+    assert_eq!(cert.kind, 1, "user certificate");
+    assert_eq!(cert.principals, ["ubuntu"]);
+    assert_eq!(cert.key_id, format!("{DEMO_ID}:ubuntu"));
+    assert_eq!(cert.valid_before - cert.valid_after, 300 + 60);
+    let now = state::now_ms() / 1000;
+    assert!(cert.valid_after <= now && now < cert.valid_before);
+    assert!(cert.critical_options.is_empty() && cert.reserved.is_empty());
+    assert_eq!(
+        cert.extensions,
+        [
+            "permit-X11-forwarding",
+            "permit-agent-forwarding",
+            "permit-port-forwarding",
+            "permit-pty",
+            "permit-user-rc"
+        ]
+    );
+    assert_eq!(cert.signature_key, ca_blob);
+    let signature = {
+        let mut r = cert.signature.as_slice();
+        assert_eq!(crypto::take_string(&mut r).unwrap(), b"ssh-ed25519");
+        crypto::take_string(&mut r).unwrap().to_vec()
+    };
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &ca_key)
+        .verify(&cert.signed, &signature)
+        .unwrap();
+    assert_eq!(emulator.leases_minted("/demo/ssh/issuer"), 1);
+
+    // ECDSA P-256 and RSA keys; a ttl above the max is capped.
+    let ecdsa = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    )
+    .unwrap();
+    let point = {
+        use aws_lc_rs::signature::KeyPair as _;
+        ecdsa.public_key().as_ref().to_vec()
+    };
+    let mut blob = Vec::new();
+    ssh_string(&mut blob, b"ecdsa-sha2-nistp256");
+    ssh_string(&mut blob, b"nistp256");
+    ssh_string(&mut blob, &point);
+    let (status, body) = sign(json!({
+        "cert-username": "deploy",
+        "public-key-data": ssh_line(&blob, ""),
+        "ttl": 100_000,
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cert = decode_ssh_cert(body["data"].as_str().unwrap(), 2);
+    assert_eq!(cert.cert_type, "ecdsa-sha2-nistp256-cert-v01@openssh.com");
+    assert_eq!(cert.key_fields, [b"nistp256".to_vec(), point]);
+    assert_eq!(cert.valid_before - cert.valid_after, 900 + 60);
+    let first_serial = cert.serial;
+
+    let mut n = vec![0u8];
+    n.extend(std::iter::repeat_n(0xc5, 256));
+    let mut blob = Vec::new();
+    ssh_string(&mut blob, b"ssh-rsa");
+    ssh_string(&mut blob, &[1, 0, 1]);
+    ssh_string(&mut blob, &n);
+    let (status, body) = sign(json!({
+        "cert-username": "deploy",
+        "public-key-data": ssh_line(&blob, "rsa key"),
+        "ttl": 60,
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cert = decode_ssh_cert(body["data"].as_str().unwrap(), 2);
+    assert_eq!(cert.cert_type, "ssh-rsa-cert-v01@openssh.com");
+    assert_eq!(cert.key_fields, [vec![1, 0, 1], n]);
+    assert_eq!(cert.valid_before - cert.valid_after, 60 + 60);
+    assert_ne!(cert.serial, first_serial);
+    assert_eq!(emulator.leases_minted("/demo/ssh/issuer"), 3);
+
+    // Errors.
+    let line = ssh_ed25519_line(&user_key);
+    let (status, body) = sign(json!({"cert-username": "root", "public-key-data": line})).await;
+    assert_eq!(status, 400);
+    assert!(error_text(&body).contains("not an allowed user"), "{body}");
+    let (status, body) = sign(json!({"cert-username": "ubuntu"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        error_text(&body).contains("public-key-data is required"),
+        "{body}"
+    );
+    for bad in [
+        "ssh-ed25519",
+        "ssh-ed25519 !!!",
+        "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIG5vdC1hLXJlYWwta2V5LWF0LWFsbC4uLi4uLg==",
+        "ssh-dss AAAAB3NzaC1kc3M=",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAAQ==",
+    ] {
+        let (status, body) = sign(json!({"cert-username": "ubuntu", "public-key-data": bad})).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(error_text(&body).contains("public-key-data"), "{body}");
+    }
+    let (status, _) =
+        sign(json!({"cert-username": "ubuntu", "public-key-data": line, "ttl": "60"})).await;
+    assert_eq!(status, 400, "ttl is an integer here");
+    let (status, _) =
+        sign(json!({"cert-username": "ubuntu", "public-key-data": line, "ttl": -1})).await;
+    assert_eq!(status, 400);
+    assert_eq!(emulator.leases_minted("/demo/ssh/issuer"), 3);
 }
