@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use super::template::Template;
+use crate::template::Template;
 
 /// What the SPC asks to mirror, and what a failed sync does to the mount.
 #[derive(Debug, Clone)]

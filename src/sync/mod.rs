@@ -7,11 +7,10 @@
 //!    from the mount's attributes, which a pod author can override — and refuses a mount whose
 //!    attributes differ from it;
 //! 2. the service fetches [`Plan::items`] in the same batched Akeyless reads as the files;
-//! 3. [`Plan::apply`] builds each Secret ([`template`]) and writes it only when it changed
+//! 3. [`Plan::apply`] builds each Secret ([`crate::template`]) and writes it only when it changed
 //!    ([`write`]), in the pod's namespace only.
 
 pub mod mapping;
-pub mod template;
 pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,5 @@
-//! `template.data` values in ExternalSecret's Go `text/template` syntax: `{{ .key }}`.
+//! Templates in Go `text/template` syntax (`{{ .key }}`), shared by ExternalSecret-style
+//! `template.data` values ([`crate::sync`]) and templated files ([`crate::render`]).
 //!
 //! Why our own: the only Rust crate that speaks Go templates (`gtmpl`) has had no release since
 //! 2021, and a maintained engine (`minijinja`) speaks Jinja, where `{{ .key }}` is a syntax
