@@ -178,6 +178,58 @@ pub struct ItemRef {
     pub version: Option<u32>,
 }
 
+/// A JSON answer holding secret material: it never prints.
+pub struct SecretJson(pub serde_json::Value);
+
+impl std::fmt::Debug for SecretJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretJson([redacted])")
+    }
+}
+
+/// Which folder `/list-items` lists.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// The folder, e.g. `/app/prod`.
+    pub path: String,
+    pub filter: Option<String>,
+    /// Items in sub-folders too.
+    pub recursive: bool,
+    /// `type` filter, e.g. `["static-secret"]`.
+    pub types: Vec<&'static str>,
+    pub max_pages: usize,
+}
+
+/// What `/get-pki-certificate` is asked for.
+#[derive(Debug)]
+pub struct PkiRequest<'a> {
+    pub issuer: &'a str,
+    /// Base64 of the DER CSR (a public key and names: nothing secret).
+    pub csr_base64: &'a str,
+    pub common_name: &'a str,
+    pub alt_names: &'a [String],
+    pub uri_sans: &'a [String],
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// What `/get-ssh-certificate` is asked for.
+#[derive(Debug)]
+pub struct SshRequest<'a> {
+    pub issuer: &'a str,
+    /// `cert-username`: the principal.
+    pub username: &'a str,
+    /// An OpenSSH public key line.
+    pub public_key: &'a str,
+    /// Seconds, an integer in the API.
+    pub ttl: Option<std::time::Duration>,
+}
+
+fn json_fields<const N: usize>(
+    pairs: [(&str, serde_json::Value); N],
+) -> serde_json::Map<String, serde_json::Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
 /// A client for any number of Akeyless URLs, sharing one connection pool.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -348,6 +400,294 @@ impl Client {
             .call(base, command, &body, &[token.secret().expose()], deadline)
             .await?;
         secret_values(values, names)
+    }
+
+    /// A data command whose body is `fields` plus the token: the responses of these commands
+    /// are free-form (akeyless-api.md §1.6–§1.12), so they come back as JSON to be shaped by
+    /// the caller.
+    async fn data_call(
+        &self,
+        base: &Url,
+        command: &str,
+        token: &ApiToken,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+        deadline: Deadline,
+    ) -> Result<serde_json::Value, ApiError> {
+        let (field, secret) = match token {
+            ApiToken::Token(t) => ("token", t),
+            ApiToken::UidToken(t) => ("uid-token", t),
+        };
+        fields.insert(field.to_owned(), secret.expose().into());
+        self.call(base, command, &fields, &[secret.expose()], deadline)
+            .await
+    }
+
+    /// `POST /describe-item`: the item's `item_type` (e.g. `STATIC_SECRET`).
+    pub async fn describe_item_type(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<String, ApiError> {
+        let fields = json_fields([("name", name.into())]);
+        let item = self
+            .data_call(base, "describe-item", token, fields, deadline)
+            .await?;
+        item.get("item_type")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::InvalidResponse {
+                command: "describe-item".to_owned(),
+                reason: "the item has no item_type".to_owned(),
+            })
+    }
+
+    /// `POST /list-items` of one folder, every page: `(item_name, item_type)` of each item.
+    /// At most `max_pages` calls; more is an error rather than a partial listing.
+    pub async fn list_items(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        query: &ListQuery,
+        deadline: Deadline,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let command = "list-items";
+        let mut items = Vec::new();
+        let mut page: Option<String> = None;
+        for _ in 0..query.max_pages.max(1) {
+            let mut fields = json_fields([
+                ("path", query.path.as_str().into()),
+                ("type", serde_json::json!(query.types)),
+                ("minimal-view", true.into()),
+                ("auto-pagination", "enabled".into()),
+                ("current-folder", (!query.recursive).into()),
+            ]);
+            if let Some(filter) = &query.filter {
+                fields.insert("filter".into(), filter.as_str().into());
+            }
+            if let Some(token) = &page {
+                fields.insert("pagination-token".into(), token.as_str().into());
+            }
+            let answer = self
+                .data_call(base, command, token, fields, deadline)
+                .await?;
+            let invalid = |reason: &str| ApiError::InvalidResponse {
+                command: command.to_owned(),
+                reason: reason.to_owned(),
+            };
+            for item in answer
+                .get("items")
+                .and_then(serde_json::Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let name = item
+                    .get("item_name")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| invalid("an item has no item_name"))?;
+                let kind = item
+                    .get("item_type")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                items.push((name.to_owned(), kind.to_owned()));
+            }
+            match answer
+                .get("next_page")
+                .and_then(serde_json::Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
+                Some(next) => page = Some(next.to_owned()),
+                None => return Ok(items),
+            }
+        }
+        Err(ApiError::InvalidResponse {
+            command: command.to_owned(),
+            reason: format!(
+                "the folder {} has more than {} pages of items; narrow it with a filter",
+                query.path, query.max_pages
+            ),
+        })
+    }
+
+    /// `POST /get-rotated-secret-value`: the `value` object (akeyless-api.md §1.8).
+    pub async fn get_rotated_secret_value(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        name: &str,
+        version: Option<u32>,
+        deadline: Deadline,
+    ) -> Result<SecretJson, ApiError> {
+        // `names` is one string here, unlike `/get-secret-value`.
+        let mut fields = json_fields([("names", name.into()), ("ignore-cache", "false".into())]);
+        if let Some(v) = version {
+            fields.insert("version".into(), v.into());
+        }
+        let mut answer = self
+            .data_call(base, "get-rotated-secret-value", token, fields, deadline)
+            .await?;
+        match answer.get_mut("value").map(serde_json::Value::take) {
+            Some(value @ serde_json::Value::Object(_)) => Ok(SecretJson(value)),
+            _ => Err(ApiError::InvalidResponse {
+                command: "get-rotated-secret-value".to_owned(),
+                reason: "the response has no value object".to_owned(),
+            }),
+        }
+    }
+
+    /// `POST /get-certificate-value`: `certificate_pem` and `private_key_pem`.
+    pub async fn get_certificate_value(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        name: &str,
+        version: Option<u32>,
+        deadline: Deadline,
+    ) -> Result<SecretJson, ApiError> {
+        let mut fields = json_fields([("name", name.into()), ("ignore-cache", "false".into())]);
+        if let Some(v) = version {
+            fields.insert("version".into(), v.into());
+        }
+        let answer = self
+            .data_call(base, "get-certificate-value", token, fields, deadline)
+            .await?;
+        if answer
+            .get("certificate_pem")
+            .and_then(serde_json::Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::InvalidResponse {
+                command: "get-certificate-value".to_owned(),
+                reason: "the response has no certificate_pem".to_owned(),
+            });
+        }
+        Ok(SecretJson(answer))
+    }
+
+    /// `POST /get-dynamic-secret-value`: new credentials (a lease) on every call. Both observed
+    /// shapes are accepted: flat credentials, and `{"value": "<JSON>", "error": ""}`.
+    pub async fn get_dynamic_secret_value(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<SecretJson, ApiError> {
+        let command = "get-dynamic-secret-value";
+        let fields = json_fields([("name", name.into())]);
+        let answer = self
+            .data_call(base, command, token, fields, deadline)
+            .await?;
+        let invalid = |reason: &str| ApiError::InvalidResponse {
+            command: command.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let wrapped = answer.as_object().is_some_and(|o| {
+            o.get("value").is_some_and(serde_json::Value::is_string)
+                && o.keys().all(|k| k == "value" || k == "error")
+        });
+        if !wrapped {
+            return match answer {
+                serde_json::Value::Object(_) => Ok(SecretJson(answer)),
+                _ => Err(invalid("the credentials are not a JSON object")),
+            };
+        }
+        if let Some(error) = answer
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .filter(|e| !e.trim().is_empty())
+        {
+            // The producer's own error text (e.g. its target refused): no credential in it.
+            return Err(ApiError::Rejected {
+                command: command.to_owned(),
+                status: 200,
+                message: sanitize(error, &[]),
+            });
+        }
+        let text = answer
+            .get("value")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(inner @ serde_json::Value::Object(_)) => Ok(SecretJson(inner)),
+            _ => Ok(SecretJson(serde_json::json!({ "value": text }))),
+        }
+    }
+
+    /// `POST /get-pki-certificate` for a CSR made here: `(certificate PEM, issuer PEM)`.
+    pub async fn get_pki_certificate(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        request: &PkiRequest<'_>,
+        deadline: Deadline,
+    ) -> Result<(String, String), ApiError> {
+        let command = "get-pki-certificate";
+        let mut fields = json_fields([
+            ("cert-issuer-name", request.issuer.into()),
+            ("csr-data-base64", request.csr_base64.into()),
+            ("common-name", request.common_name.into()),
+        ]);
+        if !request.alt_names.is_empty() {
+            fields.insert("alt-names".into(), request.alt_names.join(",").into());
+        }
+        if !request.uri_sans.is_empty() {
+            fields.insert("uri-sans".into(), request.uri_sans.join(",").into());
+        }
+        if let Some(ttl) = request.ttl {
+            // A string of seconds in the v4 API.
+            fields.insert("ttl".into(), ttl.as_secs().to_string().into());
+        }
+        let answer = self
+            .data_call(base, command, token, fields, deadline)
+            .await?;
+        let text = |field: &str| {
+            answer
+                .get(field)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let certificate = text("data");
+        if !certificate.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ApiError::InvalidResponse {
+                command: command.to_owned(),
+                reason: "the response has no PEM certificate in data".to_owned(),
+            });
+        }
+        Ok((certificate, text("parent_cert")))
+    }
+
+    /// `POST /get-ssh-certificate`: the signed certificate line.
+    pub async fn get_ssh_certificate(
+        &self,
+        base: &Url,
+        token: &ApiToken,
+        request: &SshRequest<'_>,
+        deadline: Deadline,
+    ) -> Result<String, ApiError> {
+        let command = "get-ssh-certificate";
+        let mut fields = json_fields([
+            ("cert-issuer-name", request.issuer.into()),
+            ("cert-username", request.username.into()),
+            ("public-key-data", request.public_key.into()),
+        ]);
+        if let Some(ttl) = request.ttl {
+            fields.insert("ttl".into(), ttl.as_secs().into());
+        }
+        let answer = self
+            .data_call(base, command, token, fields, deadline)
+            .await?;
+        answer
+            .get("data")
+            .and_then(serde_json::Value::as_str)
+            .map(|d| d.trim().to_owned())
+            .filter(|d| d.contains("-cert-v01@openssh.com "))
+            .ok_or_else(|| ApiError::InvalidResponse {
+                command: command.to_owned(),
+                reason: "the response has no OpenSSH certificate in data".to_owned(),
+            })
     }
 
     /// One API command with retries for transient failures.

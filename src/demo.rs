@@ -118,8 +118,9 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
     let mut client = mount_cli::connect(socket).await?;
     let calls = |label: &str| {
         println!(
-            "Akeyless calls so far: /auth {}, /get-secret-value {}  ({label})\n",
+            "Akeyless calls so far: /auth {}, /describe-item {}, /get-secret-value {}  ({label})\n",
             akeyless.calls("/auth"),
+            akeyless.calls("/describe-item"),
             akeyless.calls("/get-secret-value")
         );
     };
@@ -132,7 +133,7 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
     print!("{}", indent(&mount_cli::describe(&first)));
     show_files(&first);
     calls(
-        "one login; one batched read for the five objects at their latest version, one for the object pinned to version 1",
+        "one login; each item's type asked once, as the objects declare none; one batched read for the five objects at their latest version, one for the object pinned to version 1",
     );
 
     println!("2. A rotation poll a minute later: same identity, nothing changed");
@@ -141,7 +142,7 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
         .map_err(|s| DemoError::Mount(s.message().to_owned()))?;
     let same = first.object_version == second.object_version;
     println!("   versions unchanged: {same}");
-    calls("the cached token is reused: no new login");
+    calls("the cached token and item types are reused: no new login, no new describe");
 
     println!("3. Someone rotates /demo/db/password in Akeyless; the next poll picks it up");
     akeyless.put_secret("/demo/db/password", "rotated-password-1c2d");

@@ -10,13 +10,17 @@
 //!    every failure to a `tonic::Status` that names the object and the fix;
 //! 3. [`params`] parses the request's JSON strings once into a typed [`params::MountConfig`];
 //! 4. [`auth`] turns the pod's identity into an Akeyless token, cached per identity;
-//! 5. [`akeyless`] talks to the Akeyless API (SaaS or Gateway) over HTTP with retries, deadlines
+//! 5. [`fetch`] works out what the objects need (item types, folder listings) and reads it with
+//!    as few calls as possible: batched static reads, shared identical reads, and dynamic
+//!    secrets and issued certificates reused per pod volume ([`fetch::lease`]);
+//! 6. [`akeyless`] talks to the Akeyless API (SaaS or Gateway) over HTTP with retries, deadlines
 //!    and a node-wide bound on calls;
-//! 6. [`render`] shapes fetched values into files with modes and object versions;
-//! 7. [`sync`] mirrors values into Kubernetes Secrets when the SPC has `secretSync` (opt-in).
+//! 7. [`render`] shapes fetched values into files (properties, encodings, PEM bundles or
+//!    cert/key/chain files ([`render::pem`]), templates, folders) with modes and object versions;
+//! 8. [`sync`] mirrors values into Kubernetes Secrets when the SPC has `secretSync` (opt-in).
 //!
-//! Around them: [`secret`] (types that never print secret material), [`telemetry`] (logs and
-//! metrics),
+//! Around them: [`secret`] (types that never print secret material), [`template`] (the
+//! `{{ .key }}` templates of files and Secrets), [`telemetry`] (logs and metrics),
 //! [`cli`] (flags), and the developer tools [`emulator`] (an Akeyless-compatible API on loopback),
 //! [`mount_cli`] (a driver-equivalent client) and [`demo`].
 #![forbid(unsafe_code)]
@@ -26,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod demo;
 pub mod emulator;
+pub mod fetch;
 pub mod mount_cli;
 pub mod params;
 pub mod proto;
@@ -35,3 +40,4 @@ pub mod server;
 pub mod service;
 pub mod sync;
 pub mod telemetry;
+pub mod template;

@@ -1,30 +1,28 @@
 //! The gRPC service `v1alpha1.CSIDriverProvider`: where a mount is orchestrated.
 //!
 //! `Mount` = [`params::parse`] → [`auth::Identity`] → token from the [`auth::Authenticator`] →
-//! one batched [`akeyless::Client::get_secret_values`] per pinned version → [`render::render`]
+//! [`crate::fetch::Fetcher::fetch`] (batched, shared, leases reused) → [`render::render`]
 //! (→ [`crate::sync`] when the SPC mirrors values into Kubernetes Secrets).
 //! Every failure becomes a [`MountError`], mapped explicitly to a gRPC code, whose message names
 //! the SecretProviderClass, the objects and the fix — and never a value, key or token.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, try_join_all};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use url::Url;
 
 use crate::akeyless::{ApiError, Client, Deadline, ItemRef};
-use crate::auth::{AuthError, Authenticator, CachedToken, Identity};
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::fetch::{FetchError, FetchOptions, Fetched, Fetcher, LeaseScope, Want};
 use crate::params::{self, MountConfig, ParamsError};
 use crate::proto::v1alpha1::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::v1alpha1::{MountRequest, MountResponse, VersionRequest, VersionResponse};
-use crate::render::{self, RenderError, Values, VersionKey};
-use crate::secret::SecretBytes;
-use crate::telemetry::metrics::{CacheKind, GaugeGuard, Metrics};
+use crate::render::{self, RenderError, VersionKey};
+use crate::telemetry::metrics::{GaugeGuard, Metrics};
 
 /// What `Version` answers: the API the driver speaks, and who we are.
 pub const API_VERSION: &str = "v1alpha1";
@@ -46,10 +44,6 @@ pub struct ProviderOptions {
     pub secret_sync: Option<crate::sync::SecretSync>,
 }
 
-/// Most cached read results kept; expired ones go first, from this many entries on.
-const MAX_CACHED_RESULTS: usize = 10_000;
-const PRUNE_CACHED_RESULTS: usize = 256;
-
 /// The provider: shared by every request, cheap to clone.
 #[derive(Clone)]
 pub struct Provider {
@@ -58,31 +52,10 @@ pub struct Provider {
 
 struct Inner {
     options: ProviderOptions,
-    client: Client,
+    fetcher: Fetcher,
     auth: Authenticator,
     version_key: VersionKey,
     metrics: Arc<Metrics>,
-    reads: Mutex<Reads>,
-}
-
-/// One batched read: the token that made it (an identity, at one login), a version, the names.
-/// The token is compared by pointer and kept alive by the map entries, so a key can never be
-/// confused with another identity's.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ReadKey {
-    token: usize,
-    version: Option<u32>,
-    names: Vec<String>,
-}
-
-type Batch = Arc<BTreeMap<String, SecretBytes>>;
-type ReadFuture = Shared<BoxFuture<'static, Result<Batch, ApiError>>>;
-
-/// Reads under way (joined by identical ones) and, optionally, recent results.
-#[derive(Default)]
-struct Reads {
-    inflight: HashMap<ReadKey, (Arc<CachedToken>, ReadFuture)>,
-    recent: HashMap<ReadKey, (Arc<CachedToken>, Instant, Batch)>,
 }
 
 impl Provider {
@@ -95,12 +68,18 @@ impl Provider {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                fetcher: Fetcher::new(
+                    client,
+                    FetchOptions {
+                        mount_timeout: options.mount_timeout,
+                        result_cache_ttl: options.result_cache_ttl,
+                    },
+                    metrics.clone(),
+                ),
                 options,
-                client,
                 auth,
                 version_key,
                 metrics,
-                reads: Mutex::new(Reads::default()),
             }),
         }
     }
@@ -163,19 +142,23 @@ impl Provider {
             .as_ref()
             .map(|p| p.optional_items())
             .unwrap_or_default();
-        for object in &config.objects {
-            // A file's item is never optional: mounts are all-or-nothing.
+        for object in config.objects.iter().filter(|o| !o.optional) {
+            // A required file's item stays required for the Secrets too.
             optional.remove(&ItemRef {
                 name: object.secret_path.clone(),
                 version: object.version,
             });
         }
-        let values = self
-            .fetch(&identity, config, &extra, &optional, deadline)
-            .await?;
-        let rendered = render::render(&config.objects, &values, &self.inner.version_key)?;
+        let want = Want {
+            objects: &config.objects,
+            extra: &extra,
+            optional_extra: &optional,
+            scope: LeaseScope::volume(&config.pod.uid, &config.target_path),
+        };
+        let fetched = self.fetch(&identity, config, &want, deadline).await?;
+        let rendered = render::render(&config.objects, &fetched, &self.inner.version_key)?;
         if let Some(plan) = &sync {
-            plan.apply(&values, deadline).await?;
+            plan.apply(&fetched.statics(), deadline).await?;
         }
         Ok(MountResponse {
             object_version: rendered.versions,
@@ -184,29 +167,15 @@ impl Provider {
         })
     }
 
-    /// Reads every object's value: one call per distinct pinned version (usually one call),
-    /// each item once. A refused token is replaced once; a second refusal is final.
+    /// Fetches everything the mount needs. A refused token is replaced once; a second refusal
+    /// is final.
     async fn fetch(
         &self,
         identity: &Identity,
         config: &MountConfig,
-        extra: &[ItemRef],
-        optional: &BTreeSet<ItemRef>,
+        want: &Want<'_>,
         deadline: Deadline,
-    ) -> Result<Values, MountError> {
-        let mut batches: BTreeMap<Option<u32>, BTreeSet<String>> = BTreeMap::new();
-        for object in &config.objects {
-            batches
-                .entry(object.version)
-                .or_default()
-                .insert(object.secret_path.clone());
-        }
-        for item in extra {
-            batches
-                .entry(item.version)
-                .or_default()
-                .insert(item.name.clone());
-        }
+    ) -> Result<Fetched, MountError> {
         let mut retried = false;
         loop {
             let token = self
@@ -216,156 +185,21 @@ impl Provider {
                 .await
                 .map_err(|e| MountError::from_auth(e, config))?;
             match self
-                .fetch_batches(identity, &token, &batches, deadline)
+                .inner
+                .fetcher
+                .fetch(identity, &token, want, deadline)
                 .await
             {
-                Ok(values) => return Ok(values),
-                Err(ApiError::Unauthorized { .. }) if !retried => {
+                Ok(fetched) => return Ok(fetched),
+                Err(e) if e.is_unauthorized() && !retried => {
                     // The token may have expired early or been revoked: log in again once.
                     tracing::debug!(access_id = %identity.access_id, "token refused; logging in again");
                     self.inner.auth.invalidate(identity, &token);
                     retried = true;
                 }
-                Err(ApiError::NotFound { message, .. })
-                    if let Some(gone) = missing_optional(&batches, optional, &message) =>
-                {
-                    // Only Secrets with deletionPolicy Delete read it: read the rest again
-                    // without it, and let the sync drop its keys.
-                    tracing::debug!(item = %gone.name, "an item read only for deletionPolicy Delete is gone");
-                    if let Some(names) = batches.get_mut(&gone.version) {
-                        names.remove(&gone.name);
-                        if names.is_empty() {
-                            batches.remove(&gone.version);
-                        }
-                    }
-                    if batches.is_empty() {
-                        return Ok(Values::new());
-                    }
-                }
-                Err(e) => {
-                    let names: Vec<&str> = batches.values().flatten().map(String::as_str).collect();
-                    return Err(MountError::from_fetch(e, &names, identity));
-                }
+                Err(e) => return Err(MountError::from_fetch(e, identity)),
             }
         }
-    }
-
-    async fn fetch_batches(
-        &self,
-        identity: &Identity,
-        token: &Arc<CachedToken>,
-        batches: &BTreeMap<Option<u32>, BTreeSet<String>>,
-        deadline: Deadline,
-    ) -> Result<Values, ApiError> {
-        let calls = batches.iter().map(|(version, names)| async move {
-            let key = ReadKey {
-                token: Arc::as_ptr(token) as usize,
-                version: *version,
-                names: names.iter().cloned().collect(),
-            };
-            let values = self.read(identity, token, key, deadline).await?;
-            Ok::<_, ApiError>(
-                values
-                    .iter()
-                    .map(move |(name, value)| {
-                        (
-                            ItemRef {
-                                name: name.clone(),
-                                version: *version,
-                            },
-                            value.clone(),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        });
-        Ok(try_join_all(calls).await?.into_iter().flatten().collect())
-    }
-
-    /// One batched read, shared: a recent identical result answers it (when the result cache is
-    /// on), an identical read under way is joined, and otherwise a new read starts in its own
-    /// task, so the mount that started it may give up without failing the others.
-    async fn read(
-        &self,
-        identity: &Identity,
-        token: &Arc<CachedToken>,
-        key: ReadKey,
-        deadline: Deadline,
-    ) -> Result<Batch, ApiError> {
-        let inner = &self.inner;
-        let ttl = inner.options.result_cache_ttl;
-        let flight = {
-            let mut reads = lock(&inner.reads);
-            if !ttl.is_zero()
-                && let Some((_, at, batch)) = reads.recent.get(&key)
-                && at.elapsed() < ttl
-            {
-                inner.metrics.cache_hit(CacheKind::Result);
-                return Ok(batch.clone());
-            }
-            if let Some((_, flight)) = reads.inflight.get(&key) {
-                inner.metrics.dedup_joins.inc();
-                flight.clone()
-            } else {
-                let flight = self.start_read(identity, token, key.clone());
-                reads.inflight.insert(key, (token.clone(), flight.clone()));
-                flight
-            }
-        };
-        match tokio::time::timeout_at(deadline.instant(), flight).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::DeadlineExceeded {
-                command: "get-secret-value".to_owned(),
-            }),
-        }
-    }
-
-    fn start_read(
-        &self,
-        identity: &Identity,
-        token: &Arc<CachedToken>,
-        key: ReadKey,
-    ) -> ReadFuture {
-        let inner = self.inner.clone();
-        let base = identity.base.clone();
-        let token = token.clone();
-        let task = tokio::spawn(async move {
-            // Bounded by the provider's own limit, not by the mount that happened to start it.
-            let deadline = Deadline::after(inner.options.mount_timeout);
-            let result = inner
-                .client
-                .get_secret_values(&base, &token.token, &key.names, key.version, deadline)
-                .await
-                .map(Arc::new);
-            let mut reads = lock(&inner.reads);
-            reads.inflight.remove(&key);
-            let ttl = inner.options.result_cache_ttl;
-            if let Ok(batch) = &result
-                && !ttl.is_zero()
-            {
-                // Drop expired results as the cache grows, so values do not outlive their use.
-                if reads.recent.len() >= PRUNE_CACHED_RESULTS {
-                    reads.recent.retain(|_, (_, at, _)| at.elapsed() < ttl);
-                }
-                if reads.recent.len() >= MAX_CACHED_RESULTS {
-                    reads.recent.clear();
-                }
-                reads
-                    .recent
-                    .insert(key, (token, Instant::now(), batch.clone()));
-            }
-            result
-        });
-        async move {
-            task.await.unwrap_or_else(|_| {
-                Err(ApiError::InvalidResponse {
-                    command: "get-secret-value".to_owned(),
-                    reason: "the read task failed unexpectedly".to_owned(),
-                })
-            })
-        }
-        .boxed()
-        .shared()
     }
 
     /// The mount's deadline: the caller's `grpc-timeout` less a safety margin, so we answer
@@ -495,31 +329,6 @@ impl Audit {
             ),
         }
     }
-}
-
-/// A poisoned lock only means another request panicked; the maps stay consistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The optional item a 404's message names (the longest matching name, so `/a/bc` is not
-/// mistaken for `/a/b`), if the missing item is optional.
-fn missing_optional(
-    batches: &BTreeMap<Option<u32>, BTreeSet<String>>,
-    optional: &BTreeSet<ItemRef>,
-    message: &str,
-) -> Option<ItemRef> {
-    batches
-        .iter()
-        .flat_map(|(version, names)| {
-            names.iter().map(|name| ItemRef {
-                name: name.clone(),
-                version: *version,
-            })
-        })
-        .filter(|item| message.contains(item.name.as_str()))
-        .max_by_key(|item| item.name.len())
-        .filter(|item| optional.contains(item))
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -702,7 +511,12 @@ impl MountError {
         }
     }
 
-    fn from_fetch(error: ApiError, names: &[&str], identity: &Identity) -> Self {
+    fn from_fetch(error: FetchError, identity: &Identity) -> Self {
+        let (error, names) = match error {
+            FetchError::Api { source, items } => (source, items),
+            FetchError::Item { .. } => return Self::Rejected(error.to_string()),
+            FetchError::Missing { .. } => return Self::NotFound(error.to_string()),
+        };
         let items = names.join(", ");
         match error {
             ApiError::Unauthorized { message, .. } => Self::PermissionDenied(format!(
@@ -715,7 +529,7 @@ impl MountError {
                 // `/a/bc` is not mistaken for `/a/b`).
                 let missing = names
                     .iter()
-                    .filter(|n| message.contains(**n))
+                    .filter(|n| message.contains(n.as_str()))
                     .max_by_key(|n| n.len())
                     .map(|n| format!("item {n} does not exist"))
                     .unwrap_or_else(|| format!("one of the items {items} does not exist"));

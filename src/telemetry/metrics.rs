@@ -93,7 +93,7 @@ label_values! {
         Success => "2xx", Unauthorized => "401", NotFound => "404", TooManyRequests => "429",
         ClientError => "4xx", ServerError => "5xx", Timeout => "timeout", Transport => "transport",
     }
-    CacheKind { Token => "token", Result => "result" }
+    CacheKind { Token => "token", Result => "result", ItemType => "item_type", Lease => "lease" }
     RejectReason { PeerUid => "peer_uid", QueueFull => "queue_full", QueueTimeout => "queue_timeout" }
 }
 
@@ -143,6 +143,10 @@ pub enum CacheKind {
     Token,
     /// A value read served from the optional short result cache.
     Result,
+    /// An item's type known without a `/describe-item`.
+    ItemType,
+    /// A dynamic secret's lease or an issued certificate reused for the same pod volume.
+    Lease,
 }
 
 /// Why a connection or call was turned away.

@@ -1,0 +1,975 @@
+//! Fetching: the items a mount needs, read from Akeyless with as few calls as possible.
+//!
+//! A mount's objects become *units* (an item, a version, a type). Types come from the object's
+//! `type:` or from `/describe-item`, asked once per item and remembered; folders are listed with
+//! `/list-items`. Then, concurrently: every static secret in one batched `/get-secret-value` per
+//! pinned version, each rotated secret and stored certificate in one call, and each dynamic
+//! secret, PKI certificate and SSH certificate through [`lease`], which reuses what was issued
+//! for the same pod volume until shortly before it ends. Identical reads of concurrent mounts
+//! are shared; a missing optional item is reported as absent, and any other failure fails the
+//! whole fetch.
+
+pub mod issue;
+pub mod lease;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, try_join_all};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::akeyless::{ApiError, Client, Deadline, ItemRef, ListQuery, SecretJson};
+use crate::auth::{CachedToken, Identity};
+use crate::params::{ItemKind, ObjectSpec, Shape};
+use crate::render::Values;
+use crate::secret::{SecretBytes, SecretString};
+use crate::telemetry::metrics::{CacheKind, Metrics};
+
+pub use lease::LeaseScope;
+
+/// Settings fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// The bound of a shared read or an issue, which outlives the mount that started it.
+    pub mount_timeout: Duration,
+    /// How long a read's result may answer identical reads of the same token (0 = off).
+    pub result_cache_ttl: Duration,
+}
+
+/// How long an item's type is remembered. Types do not change; an item deleted and created
+/// again with another type fails its read, which forgets the type.
+const TYPE_TTL: Duration = Duration::from_secs(3600);
+const MAX_TYPES: usize = 50_000;
+/// Most cached read results kept; expired ones go first, from this many entries on.
+const MAX_CACHED_RESULTS: usize = 10_000;
+const PRUNE_CACHED_RESULTS: usize = 256;
+/// Pages of `/list-items` one folder may take (the server returns everything on one page
+/// unless it paginates).
+const MAX_LIST_PAGES: usize = 20;
+
+/// One thing fetched: an item at a version, read as one type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unit {
+    pub name: String,
+    pub version: Option<u32>,
+    pub kind: ItemKind,
+}
+
+/// A fetched value.
+#[derive(Debug)]
+pub struct Item {
+    /// The value as a file would hold it: text for static secrets, JSON for the others
+    /// (`{"certificate_pem", "private_key_pem"}` for certificates), the certificate line for SSH.
+    pub value: SecretBytes,
+    /// The object version the API gives (a lease id, an SSH serial); `None` = derived from
+    /// the content by [`crate::render`].
+    pub version: Option<String>,
+    /// Certificates: the PEM chain as Akeyless gave it and the key, for bundles and splits.
+    pub cert: Option<CertPem>,
+}
+
+/// A certificate chain in PEM and its key.
+#[derive(Debug, Clone)]
+pub struct CertPem {
+    pub certificates: String,
+    pub key: Option<SecretString>,
+}
+
+/// What one mount fetched.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    units: HashMap<Unit, Arc<Item>>,
+    /// The types Akeyless gave for objects that declare none.
+    kinds: HashMap<String, ItemKind>,
+    /// Optional items that do not exist.
+    absent: BTreeSet<String>,
+    /// Each folder object's items, by the object's id.
+    folders: HashMap<String, Vec<String>>,
+}
+
+/// What a reference to one item resolved to.
+pub enum Lookup<'a> {
+    Found(&'a Arc<Item>),
+    /// An optional item that does not exist.
+    Absent,
+    /// Not fetched (a bug, reported as such).
+    Missing,
+}
+
+impl Fetched {
+    /// The value of `name` at `version`, read as `declared` or as Akeyless said.
+    pub fn lookup(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        declared: Option<&ItemKind>,
+    ) -> Lookup<'_> {
+        if self.absent.contains(name) {
+            return Lookup::Absent;
+        }
+        let Some(kind) = declared.or_else(|| self.kinds.get(name)) else {
+            return Lookup::Missing;
+        };
+        let unit = Unit {
+            name: name.to_owned(),
+            version,
+            kind: kind.clone(),
+        };
+        match self.units.get(&unit) {
+            Some(item) => Lookup::Found(item),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// The type an item was read as.
+    pub fn kind_of<'a>(
+        &'a self,
+        name: &str,
+        declared: Option<&'a ItemKind>,
+    ) -> Option<&'a ItemKind> {
+        declared.or_else(|| self.kinds.get(name))
+    }
+
+    /// The items a folder object listed (sorted), `None` if it was not listed.
+    pub fn folder(&self, object: &ObjectSpec) -> Option<&[String]> {
+        self.folders.get(&object.id()).map(Vec::as_slice)
+    }
+
+    /// Static values as if read for objects that declare no type, e.g. to test later stages.
+    pub fn from_static_values(values: Values) -> Self {
+        let mut fetched = Self::default();
+        for (item, value) in values {
+            fetched.kinds.insert(item.name.clone(), ItemKind::Static);
+            fetched.units.insert(
+                Unit {
+                    name: item.name,
+                    version: item.version,
+                    kind: ItemKind::Static,
+                },
+                Arc::new(Item {
+                    value,
+                    version: None,
+                    cert: None,
+                }),
+            );
+        }
+        fetched
+    }
+
+    /// Adds a value, e.g. to test later stages.
+    pub fn insert(&mut self, unit: Unit, item: Item) {
+        self.units.insert(unit, Arc::new(item));
+    }
+
+    /// Records a folder's listing, e.g. to test later stages.
+    pub fn insert_folder(&mut self, object: &ObjectSpec, names: Vec<String>) {
+        self.folders.insert(object.id(), names);
+    }
+
+    /// The static values, for [`crate::sync`].
+    pub fn statics(&self) -> Values {
+        self.units
+            .iter()
+            .filter(|(unit, _)| unit.kind == ItemKind::Static)
+            .map(|(unit, item)| {
+                (
+                    ItemRef {
+                        name: unit.name.clone(),
+                        version: unit.version,
+                    },
+                    item.value.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a mount asks for.
+#[derive(Debug)]
+pub struct Want<'a> {
+    pub objects: &'a [ObjectSpec],
+    /// Static items read for Kubernetes Secrets.
+    pub extra: &'a [ItemRef],
+    /// Those of `extra` that may be missing.
+    pub optional_extra: &'a BTreeSet<ItemRef>,
+    /// The pod volume that leases belong to; `None` issues anew every time.
+    pub scope: Option<LeaseScope>,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// An Akeyless call failed; `items` are the items it was about.
+    #[error("{source}")]
+    Api {
+        source: ApiError,
+        items: Vec<String>,
+    },
+    /// An item exists but cannot be used as the object asks.
+    #[error("item {item}: {problem}")]
+    Item { item: String, problem: String },
+    /// A required item or folder does not exist.
+    #[error("{item} {problem}")]
+    Missing { item: String, problem: String },
+}
+
+impl FetchError {
+    fn api(source: ApiError, items: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self::Api {
+            source,
+            items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A refused token: the caller may log in again once.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(
+            self,
+            Self::Api {
+                source: ApiError::Unauthorized { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// A read that concurrent mounts can share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Op {
+    Values {
+        version: Option<u32>,
+        names: Vec<String>,
+    },
+    Rotated {
+        name: String,
+        version: Option<u32>,
+    },
+    Certificate {
+        name: String,
+        version: Option<u32>,
+    },
+    Describe {
+        name: String,
+    },
+    List {
+        path: String,
+        filter: Option<String>,
+        recursive: bool,
+    },
+}
+
+impl Op {
+    fn command(&self) -> &'static str {
+        match self {
+            Self::Values { .. } => "get-secret-value",
+            Self::Rotated { .. } => "get-rotated-secret-value",
+            Self::Certificate { .. } => "get-certificate-value",
+            Self::Describe { .. } => "describe-item",
+            Self::List { .. } => "list-items",
+        }
+    }
+}
+
+/// One read by one token (an identity, at one login). The token is compared by pointer and
+/// kept alive by the map entries, so a key can never be confused with another identity's.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    token: usize,
+    op: Op,
+}
+
+enum Answer {
+    Values(BTreeMap<String, SecretBytes>),
+    Json(SecretJson),
+    Type(String),
+    Listing(Vec<(String, String)>),
+}
+
+type ReadFuture = Shared<BoxFuture<'static, Result<Arc<Answer>, ApiError>>>;
+
+/// Reads under way (joined by identical ones) and, optionally, recent results.
+#[derive(Default)]
+struct Reads {
+    inflight: HashMap<ReadKey, (Arc<CachedToken>, ReadFuture)>,
+    recent: HashMap<ReadKey, (Arc<CachedToken>, Instant, Arc<Answer>)>,
+}
+
+/// Item types by (API URL, access id, item).
+type TypeKey = (String, String, String);
+
+/// The fetch stage, shared by every mount.
+#[derive(Clone)]
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    options: FetchOptions,
+    metrics: Arc<Metrics>,
+    reads: Mutex<Reads>,
+    types: Mutex<HashMap<TypeKey, (String, Instant)>>,
+    leases: lease::Leases,
+}
+
+/// A reference to one item by an object.
+struct Ref<'a> {
+    name: &'a str,
+    version: Option<u32>,
+    declared: Option<&'a ItemKind>,
+    optional: bool,
+}
+
+impl Fetcher {
+    pub fn new(client: Client, options: FetchOptions, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                options,
+                leases: lease::Leases::new(metrics.clone()),
+                metrics,
+                reads: Mutex::default(),
+                types: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Fetches everything `want` needs with `token`: all of it, or an error.
+    pub async fn fetch(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        want: &Want<'_>,
+        deadline: Deadline,
+    ) -> Result<Fetched, FetchError> {
+        let refs = references(want);
+        let required: HashSet<&str> = refs
+            .iter()
+            .filter(|r| !r.optional)
+            .map(|r| r.name)
+            .collect();
+        let mut fetched = Fetched::default();
+
+        // Types of undeclared items and folder listings, concurrently.
+        let undeclared: BTreeSet<&str> = refs
+            .iter()
+            .filter(|r| r.declared.is_none())
+            .map(|r| r.name)
+            .collect();
+        let folders: Vec<&ObjectSpec> = want
+            .objects
+            .iter()
+            .filter(|o| matches!(o.shape, Shape::Folder(_)))
+            .collect();
+        let describes = try_join_all(
+            undeclared
+                .iter()
+                .map(|name| self.item_type(identity, token, name, deadline)),
+        );
+        let listings = try_join_all(
+            folders
+                .iter()
+                .map(|object| self.list_folder(identity, token, object, deadline)),
+        );
+        let (types, listings) = futures::try_join!(describes, listings)?;
+        for (name, kind) in undeclared.iter().zip(types) {
+            match kind {
+                None if required.contains(name) => {
+                    return Err(FetchError::Missing {
+                        item: format!("item {name}"),
+                        problem: "does not exist: check secretPath in objects".to_owned(),
+                    });
+                }
+                None => {
+                    tracing::info!(item = %name, "optional item does not exist; skipped");
+                    fetched.absent.insert((*name).to_owned());
+                }
+                Some(kind) => {
+                    fetched.kinds.insert((*name).to_owned(), kind);
+                }
+            }
+        }
+        let mut units: HashMap<Unit, bool> = HashMap::new();
+        for (object, listed) in folders.iter().zip(listings) {
+            match listed {
+                None => {
+                    fetched.absent.insert(object.secret_path.clone());
+                }
+                Some(names) => {
+                    for name in &names {
+                        units.insert(
+                            Unit {
+                                name: name.clone(),
+                                version: None,
+                                kind: ItemKind::Static,
+                            },
+                            false,
+                        );
+                    }
+                    fetched.folders.insert(object.id(), names);
+                }
+            }
+        }
+        for r in &refs {
+            if fetched.absent.contains(r.name) {
+                continue;
+            }
+            let Some(kind) = r.declared.or_else(|| fetched.kinds.get(r.name)) else {
+                continue;
+            };
+            let optional = !required.contains(r.name);
+            units
+                .entry(Unit {
+                    name: r.name.to_owned(),
+                    version: r.version,
+                    kind: kind.clone(),
+                })
+                .and_modify(|o| *o &= optional)
+                .or_insert(optional);
+        }
+
+        // The reads, concurrently: one batch per pinned version, one call per other item.
+        let mut batches: BTreeMap<Option<u32>, BTreeSet<String>> = BTreeMap::new();
+        let mut singles = Vec::new();
+        for (unit, optional) in &units {
+            if unit.kind == ItemKind::Static {
+                batches
+                    .entry(unit.version)
+                    .or_default()
+                    .insert(unit.name.clone());
+            } else {
+                singles.push((unit, *optional));
+            }
+        }
+        let optional_statics: BTreeSet<(String, Option<u32>)> = units
+            .iter()
+            .filter(|(u, optional)| u.kind == ItemKind::Static && **optional)
+            .map(|(u, _)| (u.name.clone(), u.version))
+            .collect();
+        let statics = self.read_statics(identity, token, batches, &optional_statics, deadline);
+        let others = try_join_all(singles.into_iter().map(|(unit, optional)| async move {
+            match self.read_one(identity, token, unit, want, deadline).await {
+                Ok(item) => Ok((unit.clone(), Some(item))),
+                Err(FetchError::Api {
+                    source: ApiError::NotFound { .. },
+                    ..
+                }) if optional => Ok((unit.clone(), None)),
+                Err(e) => Err(e),
+            }
+        }));
+        let ((values, gone), others) = futures::try_join!(statics, others)?;
+        for ((name, version), value) in values {
+            fetched.units.insert(
+                Unit {
+                    name,
+                    version,
+                    kind: ItemKind::Static,
+                },
+                Arc::new(Item {
+                    value,
+                    version: None,
+                    cert: None,
+                }),
+            );
+        }
+        for name in gone {
+            tracing::info!(item = %name, "optional item does not exist; skipped");
+            fetched.absent.insert(name);
+        }
+        for (unit, item) in others {
+            match item {
+                Some(item) => {
+                    fetched.units.insert(unit, item);
+                }
+                None => {
+                    tracing::info!(item = %unit.name, "optional item does not exist; skipped");
+                    fetched.absent.insert(unit.name);
+                }
+            }
+        }
+        // A folder item missing between listing and reading leaves its folder.
+        for names in fetched.folders.values_mut() {
+            names.retain(|n| !fetched.absent.contains(n));
+        }
+        Ok(fetched)
+    }
+
+    /// The type of an undeclared item: remembered, or asked once (shared by concurrent
+    /// mounts). `None`: the item does not exist.
+    async fn item_type(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<Option<ItemKind>, FetchError> {
+        let key: TypeKey = (
+            identity.base.to_string(),
+            identity.access_id.clone(),
+            name.to_owned(),
+        );
+        let known = lock(&self.inner.types)
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < TYPE_TTL)
+            .map(|(t, _)| t.clone());
+        let item_type = match known {
+            Some(t) => {
+                self.inner.metrics.cache_hit(CacheKind::ItemType);
+                t
+            }
+            None => {
+                let op = Op::Describe {
+                    name: name.to_owned(),
+                };
+                match self.read(identity, token, op, deadline).await {
+                    Ok(answer) => match &*answer {
+                        Answer::Type(t) => {
+                            let mut types = lock(&self.inner.types);
+                            if types.len() >= MAX_TYPES {
+                                types.clear();
+                            }
+                            types.insert(key, (t.clone(), Instant::now()));
+                            t.clone()
+                        }
+                        _ => return Err(unexpected("describe-item", name)),
+                    },
+                    Err(ApiError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(FetchError::api(e, [name])),
+                }
+            }
+        };
+        match ItemKind::parse(&item_type) {
+            Some(ItemKind::Pki(_)) => Err(FetchError::Item {
+                item: name.to_owned(),
+                problem: "is a PKI certificate issuer: set type: pki and commonName on its object".to_owned(),
+            }),
+            Some(ItemKind::Ssh(_)) => Err(FetchError::Item {
+                item: name.to_owned(),
+                problem: "is an SSH certificate issuer: set type: ssh, username and publicKey on its object".to_owned(),
+            }),
+            Some(kind) => Ok(Some(kind)),
+            None => Err(FetchError::Item {
+                item: name.to_owned(),
+                problem: format!(
+                    "has item type {item_type:?}, which cannot be mounted (types: {})",
+                    ItemKind::NAMES
+                ),
+            }),
+        }
+    }
+
+    /// Forgets an item's type, after a read that says it is not what we thought.
+    fn forget_type(&self, identity: &Identity, name: &str) {
+        lock(&self.inner.types).remove(&(
+            identity.base.to_string(),
+            identity.access_id.clone(),
+            name.to_owned(),
+        ));
+    }
+
+    /// The static secrets of a folder object, sorted; `None` when an optional folder is empty
+    /// or missing.
+    async fn list_folder(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        object: &ObjectSpec,
+        deadline: Deadline,
+    ) -> Result<Option<Vec<String>>, FetchError> {
+        let Shape::Folder(folder) = &object.shape else {
+            return Ok(Some(Vec::new()));
+        };
+        let op = Op::List {
+            path: object.secret_path.clone(),
+            filter: folder.filter.clone(),
+            recursive: folder.recursive,
+        };
+        let listing = match self.read(identity, token, op, deadline).await {
+            Ok(answer) => match &*answer {
+                Answer::Listing(items) => items.clone(),
+                _ => return Err(unexpected("list-items", &object.secret_path)),
+            },
+            Err(ApiError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(FetchError::api(e, [object.secret_path.as_str()])),
+        };
+        // Checked here too: servers differ on recursion, and a listing is not trusted to stay
+        // inside the folder.
+        let prefix = format!("{}/", object.secret_path.trim_end_matches('/'));
+        let mut names: Vec<String> = listing
+            .into_iter()
+            .filter(|(_, kind)| kind.is_empty() || ItemKind::parse(kind) == Some(ItemKind::Static))
+            .map(|(name, _)| name)
+            .filter(|name| {
+                name.strip_prefix(&prefix).is_some_and(|rest| {
+                    !rest.is_empty() && (folder.recursive || !rest.contains('/'))
+                })
+            })
+            .filter(|name| folder.filter.as_deref().is_none_or(|f| name.contains(f)))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            if object.optional {
+                tracing::info!(folder = %object.secret_path, "optional folder has no items; skipped");
+                return Ok(None);
+            }
+            let filter = folder
+                .filter
+                .as_deref()
+                .map(|f| format!(" matching filter {f:?}"))
+                .unwrap_or_default();
+            return Err(FetchError::Missing {
+                item: format!("folder {}", object.secret_path),
+                problem: format!(
+                    "has no static secrets{filter} that this identity may list: check the path, or set optional: true"
+                ),
+            });
+        }
+        Ok(Some(names))
+    }
+
+    /// Every static batch; an optional item the server says is missing is dropped and the
+    /// batch read again without it. Returns the values and the dropped items.
+    async fn read_statics(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        mut batches: BTreeMap<Option<u32>, BTreeSet<String>>,
+        optional: &BTreeSet<(String, Option<u32>)>,
+        deadline: Deadline,
+    ) -> Result<(Vec<((String, Option<u32>), SecretBytes)>, Vec<String>), FetchError> {
+        let mut gone = Vec::new();
+        loop {
+            let calls = batches.iter().map(|(version, names)| async move {
+                let op = Op::Values {
+                    version: *version,
+                    names: names.iter().cloned().collect(),
+                };
+                let answer = self.read(identity, token, op, deadline).await;
+                (*version, names, answer)
+            });
+            let mut values = Vec::new();
+            let mut retry = false;
+            for (version, names, answer) in futures::future::join_all(calls).await {
+                match answer {
+                    Ok(answer) => match &*answer {
+                        Answer::Values(map) => values.extend(
+                            map.iter()
+                                .map(|(name, value)| ((name.clone(), version), value.clone())),
+                        ),
+                        _ => return Err(unexpected("get-secret-value", "a batch")),
+                    },
+                    Err(ApiError::NotFound { message, .. })
+                        if let Some(missing) = names
+                            .iter()
+                            .filter(|n| message.contains(n.as_str()))
+                            .max_by_key(|n| n.len())
+                            .filter(|n| optional.contains(&((*n).clone(), version))) =>
+                    {
+                        gone.push((missing.clone(), version));
+                        retry = true;
+                    }
+                    Err(e) => {
+                        if let ApiError::Rejected { .. } = e {
+                            for name in names {
+                                self.forget_type(identity, name);
+                            }
+                        }
+                        return Err(FetchError::api(e, names.iter().map(String::as_str)));
+                    }
+                }
+            }
+            if !retry {
+                return Ok((values, gone.into_iter().map(|(n, _)| n).collect()));
+            }
+            for (name, version) in &gone {
+                if let Some(names) = batches.get_mut(version) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        batches.remove(version);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One non-static unit.
+    async fn read_one(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        unit: &Unit,
+        want: &Want<'_>,
+        deadline: Deadline,
+    ) -> Result<Arc<Item>, FetchError> {
+        let name = unit.name.as_str();
+        let op = match &unit.kind {
+            ItemKind::Rotated => Op::Rotated {
+                name: name.to_owned(),
+                version: unit.version,
+            },
+            ItemKind::Certificate => Op::Certificate {
+                name: name.to_owned(),
+                version: unit.version,
+            },
+            ItemKind::Static => {
+                return Err(unexpected("get-secret-value", name));
+            }
+            ItemKind::Dynamic(_) | ItemKind::Pki(_) | ItemKind::Ssh(_) => {
+                let base = identity.base.clone();
+                let client = self.inner.client.clone();
+                let api_token = token.token.clone();
+                let unit_owned = unit.clone();
+                let bound = self.inner.options.mount_timeout;
+                let issue = move || {
+                    async move {
+                        issue::issue(
+                            &client,
+                            &base,
+                            &api_token,
+                            &unit_owned,
+                            Deadline::after(bound),
+                        )
+                        .await
+                    }
+                    .boxed()
+                };
+                let scope = want.scope.as_ref().map(|s| s.for_identity(identity));
+                return self
+                    .inner
+                    .leases
+                    .get(scope, unit, issue, deadline)
+                    .await
+                    .inspect_err(|e| {
+                        if let FetchError::Api {
+                            source: ApiError::Rejected { .. },
+                            ..
+                        } = e
+                        {
+                            self.forget_type(identity, name);
+                        }
+                    });
+            }
+        };
+        let answer = match self.read(identity, token, op, deadline).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let ApiError::Rejected { .. } = e {
+                    self.forget_type(identity, name);
+                }
+                return Err(FetchError::api(e, [name]));
+            }
+        };
+        let Answer::Json(SecretJson(json)) = &*answer else {
+            return Err(unexpected(unit.kind.name(), name));
+        };
+        Ok(Arc::new(match unit.kind {
+            ItemKind::Certificate => {
+                let text = |field: &str| {
+                    json.get(field)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                };
+                let key = text("private_key_pem");
+                Item {
+                    value: SecretBytes::new(json.to_string().into_bytes()),
+                    version: None,
+                    cert: Some(CertPem {
+                        certificates: text("certificate_pem").to_owned(),
+                        key: (!key.trim().is_empty()).then(|| SecretString::new(key)),
+                    }),
+                }
+            }
+            // The Go provider wrote rotated values as indented JSON; so do we.
+            _ => Item {
+                value: SecretBytes::new(
+                    serde_json::to_vec_pretty(json)
+                        .unwrap_or_else(|_| json.to_string().into_bytes()),
+                ),
+                version: None,
+                cert: None,
+            },
+        }))
+    }
+
+    /// One read, shared: a recent identical result answers it (when the result cache is on),
+    /// an identical read under way is joined, and otherwise a new read starts in its own task,
+    /// so the mount that started it may give up without failing the others.
+    async fn read(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        op: Op,
+        deadline: Deadline,
+    ) -> Result<Arc<Answer>, ApiError> {
+        let inner = &self.inner;
+        let ttl = inner.options.result_cache_ttl;
+        let command = op.command();
+        let key = ReadKey {
+            token: Arc::as_ptr(token) as usize,
+            op,
+        };
+        let flight = {
+            let mut reads = lock(&inner.reads);
+            if !ttl.is_zero()
+                && let Some((_, at, answer)) = reads.recent.get(&key)
+                && at.elapsed() < ttl
+            {
+                inner.metrics.cache_hit(CacheKind::Result);
+                return Ok(answer.clone());
+            }
+            if let Some((_, flight)) = reads.inflight.get(&key) {
+                inner.metrics.dedup_joins.inc();
+                flight.clone()
+            } else {
+                let flight = self.start_read(identity.base.clone(), token, key.clone());
+                reads.inflight.insert(key, (token.clone(), flight.clone()));
+                flight
+            }
+        };
+        match tokio::time::timeout_at(deadline.instant(), flight).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::DeadlineExceeded {
+                command: command.to_owned(),
+            }),
+        }
+    }
+
+    fn start_read(&self, base: Url, token: &Arc<CachedToken>, key: ReadKey) -> ReadFuture {
+        let inner = self.inner.clone();
+        let token = token.clone();
+        let command = key.op.command();
+        let task = tokio::spawn(async move {
+            // Bounded by the provider's own limit, not by the mount that happened to start it.
+            let deadline = Deadline::after(inner.options.mount_timeout);
+            let result = execute(&inner.client, &base, &token, &key.op, deadline)
+                .await
+                .map(Arc::new);
+            let mut reads = lock(&inner.reads);
+            reads.inflight.remove(&key);
+            let ttl = inner.options.result_cache_ttl;
+            if let Ok(answer) = &result
+                && !ttl.is_zero()
+            {
+                // Drop expired results as the cache grows, so values do not outlive their use.
+                if reads.recent.len() >= PRUNE_CACHED_RESULTS {
+                    reads.recent.retain(|_, (_, at, _)| at.elapsed() < ttl);
+                }
+                if reads.recent.len() >= MAX_CACHED_RESULTS {
+                    reads.recent.clear();
+                }
+                reads
+                    .recent
+                    .insert(key, (token, Instant::now(), answer.clone()));
+            }
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(ApiError::InvalidResponse {
+                    command: command.to_owned(),
+                    reason: "the read task failed unexpectedly".to_owned(),
+                })
+            })
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+async fn execute(
+    client: &Client,
+    base: &Url,
+    token: &CachedToken,
+    op: &Op,
+    deadline: Deadline,
+) -> Result<Answer, ApiError> {
+    let token = &token.token;
+    Ok(match op {
+        Op::Values { version, names } => Answer::Values(
+            client
+                .get_secret_values(base, token, names, *version, deadline)
+                .await?,
+        ),
+        Op::Rotated { name, version } => Answer::Json(
+            client
+                .get_rotated_secret_value(base, token, name, *version, deadline)
+                .await?,
+        ),
+        Op::Certificate { name, version } => Answer::Json(
+            client
+                .get_certificate_value(base, token, name, *version, deadline)
+                .await?,
+        ),
+        Op::Describe { name } => Answer::Type(
+            client
+                .describe_item_type(base, token, name, deadline)
+                .await?,
+        ),
+        Op::List {
+            path,
+            filter,
+            recursive,
+        } => {
+            let query = ListQuery {
+                path: path.clone(),
+                filter: filter.clone(),
+                recursive: *recursive,
+                types: vec!["static-secret"],
+                max_pages: MAX_LIST_PAGES,
+            };
+            Answer::Listing(client.list_items(base, token, &query, deadline).await?)
+        }
+    })
+}
+
+/// Every item the objects (and the Secrets) read, except folders' items.
+fn references<'a>(want: &'a Want<'a>) -> Vec<Ref<'a>> {
+    let mut refs = Vec::new();
+    for object in want.objects {
+        match &object.shape {
+            Shape::Folder(_) => {}
+            Shape::Template(t) if !t.keys.is_empty() => {
+                refs.extend(t.keys.values().map(|k| Ref {
+                    name: &k.secret_path,
+                    version: k.version,
+                    declared: k.kind.as_ref(),
+                    optional: object.optional,
+                }));
+            }
+            _ => refs.push(Ref {
+                name: &object.secret_path,
+                version: object.version,
+                declared: object.kind.as_ref(),
+                optional: object.optional,
+            }),
+        }
+    }
+    static STATIC: ItemKind = ItemKind::Static;
+    refs.extend(want.extra.iter().map(|item| Ref {
+        name: &item.name,
+        version: item.version,
+        declared: Some(&STATIC),
+        optional: want.optional_extra.contains(item),
+    }));
+    refs
+}
+
+fn unexpected(command: &str, item: &str) -> FetchError {
+    FetchError::Item {
+        item: item.to_owned(),
+        problem: format!("the {command} read gave an unexpected answer (a bug)"),
+    }
+}
+
+/// A poisoned lock only means another request panicked; the maps stay consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
