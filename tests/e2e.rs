@@ -85,12 +85,18 @@ async fn n_objects_cost_one_batched_read_and_a_second_mount_no_login() {
         1,
         "one batched read for every object"
     );
-    assert_eq!(h.akeyless.calls("/describe-item"), 0);
+    // The objects declare no `type`: each item's type is asked once (issue 4), then remembered.
+    assert_eq!(h.akeyless.calls("/describe-item"), N as u64 + 2);
 
-    // A rotation poll: cached token, same versions.
+    // A rotation poll: cached token and types, same versions.
     let second = h.mount(req.clone()).await.expect("second mount");
     assert_eq!(h.akeyless.calls("/auth"), 1, "the token is reused");
     assert_eq!(h.akeyless.calls("/get-secret-value"), 2);
+    assert_eq!(
+        h.akeyless.calls("/describe-item"),
+        N as u64 + 2,
+        "types are not asked again"
+    );
     assert_eq!(
         versions(&second),
         v1,

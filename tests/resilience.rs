@@ -155,8 +155,9 @@ async fn fault_injection_never_kills_the_daemon_nor_leaks() {
         FaultKind::SlowBody { ms_per_chunk: 40 },
         FaultKind::SlowBody { ms_per_chunk: 400 },
     ];
-    // The token is warm; faults are then used up in order by whatever reads come.
-    h.mount(pod_request(&objects(1), 0))
+    // The token and the items' types are warm (as on a node that has been serving); faults
+    // are then used up in order by whatever reads come.
+    h.mount(pod_request(&objects(8), 0))
         .await
         .expect("warm token");
     for round in 0..3 {
