@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 
 use akeyless_csi_provider::akeyless::{self, AuthResponse, ItemRef};
-use akeyless_csi_provider::params::{Encoding, ObjectSpec};
-use akeyless_csi_provider::render::{self, VersionKey};
+use akeyless_csi_provider::fetch::{Fetched, issue};
+use akeyless_csi_provider::params::{Encoding, ObjectSpec, Shape};
+use akeyless_csi_provider::render::{self, VersionKey, pem};
 use akeyless_csi_provider::secret::SecretBytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -39,13 +40,22 @@ fuzz_target!(|data: &[u8]| {
         property: (!head.is_empty()).then(|| head.to_string()),
         encoding,
         mode: 0o644,
+        kind: None,
+        optional: false,
+        shape: Shape::Single,
     };
-    let values = HashMap::from([(
+    let values = Fetched::from_static_values(HashMap::from([(
         ItemRef {
             name: "/a".into(),
             version: None,
         },
         SecretBytes::new(value.to_vec()),
-    )]);
+    )]));
     let _ = render::render(&[object], &values, &VersionKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "fuzz").unwrap());
+
+    // Certificates, keys and SSH certificates as an Akeyless URL may send them.
+    let text = String::from_utf8_lossy(value);
+    let _ = pem::Bundle::assemble(&text, None);
+    let _ = pem::private_key_public_bits(&text);
+    let _ = issue::parse_ssh_certificate(&text);
 });

@@ -20,8 +20,9 @@ use crate::akeyless::{ApiError, Deadline};
 use crate::auth::Identity;
 use crate::telemetry::metrics::{CacheKind, Metrics};
 
-/// Leases kept at most; expired ones are dropped first.
-const MAX_LEASES: usize = 50_000;
+/// Leases kept at most; past this many, ended ones are dropped on every new issue.
+const MAX_LEASES: usize = 20_000;
+const PRUNE_LEASES: usize = 256;
 /// A lease this close to its end is not served even when its renewal failed.
 const END_MARGIN: Duration = Duration::from_secs(30);
 
@@ -183,12 +184,13 @@ impl Leases {
                 let mut state = lock(&state);
                 state.inflight.remove(&key);
                 let issued = result?;
+                // Leases of pods that are gone end by themselves: drop them as new ones come.
                 let now = Instant::now();
-                if state.ready.len() >= MAX_LEASES {
+                if state.ready.len() >= PRUNE_LEASES {
                     state.ready.retain(|_, lease| now < lease.ends_at);
-                    if state.ready.len() >= MAX_LEASES {
-                        state.ready.clear();
-                    }
+                }
+                if state.ready.len() >= MAX_LEASES {
+                    state.ready.clear();
                 }
                 state.ready.insert(
                     key,

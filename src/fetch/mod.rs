@@ -357,11 +357,23 @@ impl Fetcher {
             .collect();
         let mut fetched = Fetched::default();
 
-        // Types of undeclared items and folder listings, concurrently.
+        // Types of undeclared items (unless another object declares the item's type) and
+        // folder listings, concurrently.
+        let declared: HashMap<&str, &ItemKind> = refs
+            .iter()
+            .filter_map(|r| Some((r.name, r.declared.filter(|k| !k.is_lease())?)))
+            .collect();
         let undeclared: BTreeSet<&str> = refs
             .iter()
             .filter(|r| r.declared.is_none())
             .map(|r| r.name)
+            .filter(|name| match declared.get(name) {
+                Some(kind) => {
+                    fetched.kinds.insert((*name).to_owned(), (*kind).clone());
+                    false
+                }
+                None => true,
+            })
             .collect();
         let folders: Vec<&ObjectSpec> = want
             .objects

@@ -532,6 +532,129 @@ mod tests {
         );
     }
 
+    fn objects_of(yaml: &str) -> Result<Vec<ObjectSpec>, ParamsError> {
+        let req = request(
+            &[("akeylessAccessID", "p-1"), ("objects", yaml)],
+            r#"{"akeylessAccessKey":"k"}"#,
+        );
+        parse(&req).map(|c| c.objects)
+    }
+
+    #[test]
+    fn item_types_issuers_folders_templates_and_cert_files_parse() {
+        let yaml = r#"
+- secretPath: /d
+  type: dynamic
+  ttl: 90m
+- secretPath: /p
+  type: PKI_CERT_ISSUER
+  commonName: web
+  altNames: "a, b"
+  keyType: rsa-2048
+  certFile: tls.crt
+  keyFile: tls.key
+- secretPath: /s
+  type: ssh
+  username: deploy
+  publicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnM0bWmN2mB3mHq0m3QmJ0yq5p1cK0s9mXWkq3Kc1fA x"
+- secretPath: /f/**
+  fileName: f
+- path: /g
+  filter: db
+- fileName: app.env
+  template: "{{ .a }}"
+  keys: {a: /x, b: {secretPath: /y, property: p, version: 2}}
+- secretPath: /o
+  optional: true
+"#;
+        let objects = objects_of(yaml).unwrap();
+        assert_eq!(
+            objects[0].kind,
+            Some(ItemKind::Dynamic(LeaseSpec {
+                ttl: Some(std::time::Duration::from_secs(5400))
+            }))
+        );
+        let Some(ItemKind::Pki(pki)) = &objects[1].kind else {
+            panic!("pki")
+        };
+        assert_eq!(pki.alt_names, ["a", "b"]);
+        assert_eq!(pki.key_type, KeyType::Rsa2048);
+        assert_eq!(
+            objects[1].file_name, "tls.crt",
+            "the first split file names it"
+        );
+        assert_eq!(objects[1].planned_files(), ["tls.crt", "tls.key"]);
+        assert!(matches!(&objects[2].kind, Some(ItemKind::Ssh(s)) if s.username == "deploy"));
+        assert_eq!(
+            (objects[3].secret_path.as_str(), &objects[3].shape),
+            (
+                "/f",
+                &Shape::Folder(Folder {
+                    filter: None,
+                    recursive: true
+                })
+            )
+        );
+        assert!(
+            matches!(&objects[4].shape, Shape::Folder(f) if f.filter.as_deref() == Some("db") && !f.recursive)
+        );
+        let Shape::Template(t) = &objects[5].shape else {
+            panic!("template")
+        };
+        assert_eq!(t.keys["b"].version, Some(2));
+        assert!(objects[6].optional);
+    }
+
+    #[test]
+    fn misplaced_or_incomplete_item_fields_are_all_reported() {
+        let yaml = r#"
+- secretPath: /a
+  commonName: x
+- secretPath: /b
+  type: pki
+- secretPath: /c
+  type: ssh
+  username: u
+  publicKey: "-----BEGIN OPENSSH PRIVATE KEY----- abc"
+- secretPath: /d
+  certFile: d.crt
+- secretPath: /e
+  type: dynamic
+  version: 2
+- secretPath: /f/*
+  version: 3
+- secretPath: /g*
+- secretPath: /h
+  type: vault
+- fileName: t
+  template: "{{ .x "
+  keys: {x: /x}
+- secretPath: /i
+  type: static
+- secretPath: /i
+  type: rotated
+"#;
+        let problems = objects_of(yaml).unwrap_err().problems.join("\n");
+        for expected in [
+            "objects[0] (/a): commonName applies to type: pki only",
+            "objects[1] (/b): type: pki needs commonName",
+            "objects[2] (/c): publicKey holds a private key",
+            "objects[3] (/d): certFile, keyFile and chainFile need type: certificate or type: pki",
+            "objects[4] (/e): version does not apply",
+            "objects[5] (/f/*): version cannot be pinned for a folder's items",
+            "objects[6] (/g*): secretPath may hold '*' only as a final /*",
+            "objects[7] (/h): type \"vault\" is not one of",
+            "objects[8]: template: unclosed",
+            "/i is declared both type: static and type: rotated",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "missing {expected:?} in:\n{problems}"
+            );
+        }
+        assert!(!problems.contains("abc"), "no key material echoed");
+    }
+
     #[test]
     fn new_object_fields_parse() {
         let objects = "- secretPath: /a\n  fileName: conf/a.json\n  version: 3\n  property: db.password\n  encoding: base64\n  filePermission: \"0440\"\n- secretPath: /b\n  fileName: b\n  filePermission: 0600\n";
