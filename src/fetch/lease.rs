@@ -23,6 +23,8 @@ use crate::telemetry::metrics::{CacheKind, Metrics};
 /// Leases kept at most; past this many, ended ones are dropped on every new issue.
 const MAX_LEASES: usize = 20_000;
 const PRUNE_LEASES: usize = 256;
+/// The longest a lease is kept, whatever its issuer says.
+const MAX_LIFE: Duration = Duration::from_secs(366 * 24 * 3600);
 /// A lease this close to its end is not served even when its renewal failed.
 const END_MARGIN: Duration = Duration::from_secs(30);
 
@@ -65,10 +67,11 @@ pub struct Issued {
 impl Issued {
     /// Renewed after two thirds of `lifetime`.
     pub fn new(item: Item, lifetime: Duration) -> Self {
+        let lifetime = lifetime.min(MAX_LIFE);
         Self {
             item: Arc::new(item),
             lifetime,
-            renew_after: lifetime.mul_f64(2.0 / 3.0),
+            renew_after: lifetime / 3 * 2,
         }
     }
 }
@@ -192,12 +195,16 @@ impl Leases {
                 if state.ready.len() >= MAX_LEASES {
                     state.ready.clear();
                 }
+                // An answer may claim any life (an SSH certificate may be valid "forever"):
+                // kept at most a year, and never an overflowing instant.
+                let life = issued.lifetime.min(MAX_LIFE);
+                let at = |after: Duration| now.checked_add(after).unwrap_or(now);
                 state.ready.insert(
                     key,
                     Lease {
                         item: issued.item.clone(),
-                        renew_at: now + issued.renew_after,
-                        ends_at: now + issued.lifetime,
+                        renew_at: at(issued.renew_after.min(life)),
+                        ends_at: at(life),
                     },
                 );
                 Ok(issued.item)
@@ -227,4 +234,107 @@ fn panicked(unit: &Unit) -> FetchError {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::params::ItemKind;
+    use crate::secret::SecretBytes;
+
+    fn unit() -> Unit {
+        Unit {
+            name: "/dyn".into(),
+            version: None,
+            kind: ItemKind::Dynamic(Default::default()),
+        }
+    }
+
+    fn issuer(
+        count: &Arc<AtomicU64>,
+        lifetime: Duration,
+        fail: bool,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<Issued, FetchError>> + use<> {
+        let count = count.clone();
+        move || {
+            async move {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                if fail {
+                    return Err(FetchError::Item {
+                        item: "/dyn".into(),
+                        problem: "producer down".into(),
+                    });
+                }
+                let item = Item {
+                    value: SecretBytes::new(format!("lease-{n}").into_bytes()),
+                    version: None,
+                    cert: None,
+                };
+                Ok(Issued::new(item, lifetime))
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_reused_renewed_and_outlive_a_failed_renewal() {
+        let leases = Leases::new(Metrics::new());
+        let count = Arc::new(AtomicU64::new(0));
+        let scope = LeaseScope::volume("pod-1", "/vol");
+        let deadline = || Deadline::after(Duration::from_secs(10));
+        let hour = Duration::from_secs(3600);
+        let unit = unit();
+        let get = |fail| leases.get(scope.clone(), &unit, issuer(&count, hour, fail), deadline());
+
+        let first = get(false).await.unwrap();
+        assert_eq!(
+            get(false).await.unwrap().value.expose(),
+            first.value.expose()
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1, "reused");
+
+        // Past two thirds of its life: renewed; a failed renewal serves the current lease.
+        tokio::time::advance(hour * 2 / 3 + Duration::from_secs(1)).await;
+        assert_eq!(
+            get(true).await.unwrap().value.expose(),
+            first.value.expose()
+        );
+        let renewed = get(false).await.unwrap();
+        assert_ne!(renewed.value.expose(), first.value.expose());
+
+        // Another volume has its own; no volume (not the driver) is never reused.
+        let other = leases
+            .get(
+                LeaseScope::volume("pod-2", "/vol"),
+                &unit,
+                issuer(&count, hour, false),
+                deadline(),
+            )
+            .await
+            .unwrap();
+        assert_ne!(other.value.expose(), renewed.value.expose());
+        assert!(LeaseScope::volume("", "/vol").is_none());
+
+        // A lease that claims to last forever neither panics nor is kept past a year.
+        let forever = Duration::from_secs(u64::MAX);
+        let scope = LeaseScope::volume("pod-3", "/vol");
+        leases
+            .get(
+                scope.clone(),
+                &unit,
+                issuer(&count, forever, false),
+                deadline(),
+            )
+            .await
+            .unwrap();
+        let before = count.load(Ordering::SeqCst);
+        tokio::time::advance(MAX_LIFE).await;
+        leases
+            .get(scope, &unit, issuer(&count, forever, false), deadline())
+            .await
+            .unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), before + 1);
+    }
 }
