@@ -224,6 +224,20 @@ pub struct SshRequest<'a> {
     pub ttl: Option<std::time::Duration>,
 }
 
+/// The body of a read of one item at a version (the latest when `None`), past the gateway cache
+/// only when it is fresh (`ignore-cache: false`, as for `/get-secret-value`).
+fn versioned_read(
+    name_field: &str,
+    name: &str,
+    version: Option<u32>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = json_fields([(name_field, name.into()), ("ignore-cache", "false".into())]);
+    if let Some(v) = version {
+        fields.insert("version".into(), v.into());
+    }
+    fields
+}
+
 fn json_fields<const N: usize>(
     pairs: [(&str, serde_json::Value); N],
 ) -> serde_json::Map<String, serde_json::Value> {
@@ -520,10 +534,7 @@ impl Client {
         deadline: Deadline,
     ) -> Result<SecretJson, ApiError> {
         // `names` is one string here, unlike `/get-secret-value`.
-        let mut fields = json_fields([("names", name.into()), ("ignore-cache", "false".into())]);
-        if let Some(v) = version {
-            fields.insert("version".into(), v.into());
-        }
+        let fields = versioned_read("names", name, version);
         let mut answer = self
             .data_call(base, "get-rotated-secret-value", token, fields, deadline)
             .await?;
@@ -545,10 +556,7 @@ impl Client {
         version: Option<u32>,
         deadline: Deadline,
     ) -> Result<SecretJson, ApiError> {
-        let mut fields = json_fields([("name", name.into()), ("ignore-cache", "false".into())]);
-        if let Some(v) = version {
-            fields.insert("version".into(), v.into());
-        }
+        let fields = versioned_read("name", name, version);
         let answer = self
             .data_call(base, "get-certificate-value", token, fields, deadline)
             .await?;

@@ -20,14 +20,6 @@ fn files(response: &MountResponse) -> BTreeMap<String, (i32, Vec<u8>)> {
         .collect()
 }
 
-fn versions(response: &MountResponse) -> BTreeMap<String, String> {
-    response
-        .object_version
-        .iter()
-        .map(|v| (v.id.clone(), v.version.clone()))
-        .collect()
-}
-
 #[tokio::test]
 async fn version_answers_and_the_socket_is_owner_only() {
     let h = Harness::start(seed(1)).await;

@@ -107,14 +107,6 @@ fn files(response: &MountResponse) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn versions(response: &MountResponse) -> BTreeMap<String, String> {
-    response
-        .object_version
-        .iter()
-        .map(|v| (v.id.clone(), v.version.clone()))
-        .collect()
-}
-
 fn certificates(pem: &str) -> Vec<Vec<u8>> {
     Pem::iter_from_buffer(pem.as_bytes())
         .map(|b| b.expect("valid PEM"))

@@ -306,6 +306,15 @@ pub fn go_style_request(objects: &str) -> MountRequest {
     )
 }
 
+/// A response's object versions by id.
+pub fn versions(response: &MountResponse) -> BTreeMap<String, String> {
+    response
+        .object_version
+        .iter()
+        .map(|v| (v.id.clone(), v.version.clone()))
+        .collect()
+}
+
 /// `objects` YAML for items 0..n, written to `file-<i>`.
 pub fn objects(n: usize) -> String {
     (0..n)
