@@ -3,7 +3,9 @@
 //! It starts the Akeyless emulator with fake sample items, serves the provider on a temporary
 //! socket exactly as `serve` does, and mounts `examples/demo-spc.yaml` the way the driver would:
 //! first mount, a rotation poll (no new login, same versions), a rotated secret (one version
-//! changes), and a mistake in the SPC (a clear error naming the object).
+//! changes), and a mistake in the SPC (a clear error naming the object); then
+//! `examples/demo-issued-spc.yaml`: a dynamic secret and a PKI certificate, issued once per pod
+//! volume and reused on polls.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +20,7 @@ use crate::proto::v1alpha1::MountResponse;
 use crate::server;
 
 const SPC: &str = include_str!("../examples/demo-spc.yaml");
+const ISSUED_SPC: &str = include_str!("../examples/demo-issued-spc.yaml");
 const SECRET: &str = include_str!("../examples/demo-secret.yaml");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,7 +170,55 @@ async fn steps(akeyless: &EmulatorHandle, socket: &Path, out: &Path) -> Result<(
         Err(status) => println!("   {:?}: {}\n", status.code(), status.message()),
     }
     println!(
-        "All-or-nothing: that mount returned no files, and the pod's files stay as they were."
+        "All-or-nothing: that mount returned no files, and the pod's files stay as they were.\n"
+    );
+
+    println!(
+        "5. Issued, not stored (examples/demo-issued-spc.yaml): a dynamic database login, a TLS certificate\n   for a key made on the node (only a CSR is sent), and a template using the login"
+    );
+    let issued = ISSUED_SPC.replace("https://api.akeyless.io", &akeyless.url());
+    let mut mounts = Vec::new();
+    for _ in 0..3 {
+        let response = mount_cli::call(&mut client, request(&issued)?, TIMEOUT)
+            .await
+            .map_err(|s| DemoError::Mount(format!("{:?}: {}", s.code(), s.message())))?;
+        mounts.push(response);
+    }
+    let first = &mounts[0];
+    mount_cli::write_files(out, first)?;
+    print!("{}", indent(&mount_cli::describe(first)));
+    show_files(first);
+    let same = mounts.iter().all(|m| m.files == first.files);
+    let minted = |akeyless: &EmulatorHandle| {
+        (
+            akeyless.leases_minted("/demo/db/dynamic"),
+            akeyless.leases_minted("/demo/pki/web"),
+        )
+    };
+    let (leases, certificates) = minted(akeyless);
+    println!(
+        "   3 mounts of this pod volume (first + 2 polls): same files every time: {same}; \
+         {leases} lease and {certificates} certificate issued"
+    );
+    let other_pod = PodIdentity {
+        name: "demo-app-7d9f8b6c4-q8w2z".to_owned(),
+        uid: "0f0c7d0e-5a0b-4a8e-9d3e-2c1f6b8a9e12".to_owned(),
+        ..pod.clone()
+    };
+    let other = mount_cli::build_request(
+        &issued,
+        Path::new("examples/demo-issued-spc.yaml"),
+        &other_pod,
+        &secrets,
+        None,
+        &BTreeMap::new(),
+    )?;
+    mount_cli::call(&mut client, other, TIMEOUT)
+        .await
+        .map_err(|s| DemoError::Mount(s.message().to_owned()))?;
+    let (leases, certificates) = minted(akeyless);
+    println!(
+        "   another pod mounts the same SPC and gets its own: now {leases} leases and {certificates} certificates"
     );
     Ok(())
 }
@@ -177,6 +228,10 @@ fn show_files(response: &MountResponse) {
     println!("   contents (fake demo values):");
     for file in &response.files {
         let preview = match std::str::from_utf8(&file.contents) {
+            // Made for the demo, but a private key is still not something to print.
+            Ok(text) if text.contains("PRIVATE KEY-----") => {
+                format!("<PEM private key, {} bytes>", file.contents.len())
+            }
             Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n') => {
                 let text = text.replace('\n', "\\n");
                 if text.chars().count() > 70 {

@@ -1135,7 +1135,8 @@ async fn demo_seed_serves_its_items() {
     let (status, body) = post(
         &emulator,
         "list-items",
-        json!({"path": "/demo", "token": token}),
+        // The demo's static secrets (it also has a dynamic secret and a PKI issuer).
+        json!({"path": "/demo", "type": ["static-secret"], "token": token}),
     )
     .await;
     assert_eq!(status, 200);
@@ -1304,7 +1305,8 @@ fn demo_seed_is_valid() {
         seed.auth_methods[0].access_key.as_ref().unwrap().expose(),
         DEMO_KEY
     );
-    assert_eq!(seed.items.len(), 4);
+    // Four static secrets, a dynamic secret and a PKI issuer.
+    assert_eq!(seed.items.len(), 6);
     assert_eq!(seed.token_ttl_seconds, 900);
 }
 

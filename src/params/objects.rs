@@ -46,6 +46,10 @@ impl ObjectSpec {
     /// The object's id in `object_version`: the Go provider's `<fileName>:<secretPath>`, unique
     /// because file names are, and stable for users migrating from it.
     pub fn id(&self) -> String {
+        if self.secret_path.is_empty() {
+            // A template over `keys` only.
+            return format!("{}:template", self.file_name);
+        }
         format!("{}:{}", self.file_name, self.secret_path)
     }
 
