@@ -409,25 +409,18 @@ impl Fetcher {
             }
         }
         let mut units: HashMap<Unit, bool> = HashMap::new();
-        for (object, listed) in folders.iter().zip(listings) {
-            match listed {
-                None => {
-                    fetched.absent.insert(object.secret_path.clone());
-                }
-                Some(names) => {
-                    for name in &names {
-                        units.insert(
-                            Unit {
-                                name: name.clone(),
-                                version: None,
-                                kind: ItemKind::Static,
-                            },
-                            false,
-                        );
-                    }
-                    fetched.folders.insert(object.id(), names);
-                }
+        // `None`: an optional folder with nothing in it, which [`Fetched::folder`] reports.
+        for (object, names) in folders.iter().zip(listings) {
+            let Some(names) = names else { continue };
+            for name in &names {
+                let unit = Unit {
+                    name: name.clone(),
+                    version: None,
+                    kind: ItemKind::Static,
+                };
+                units.insert(unit, false);
             }
+            fetched.folders.insert(object.id(), names);
         }
         for r in &refs {
             if fetched.absent.contains(r.name) {
