@@ -78,10 +78,14 @@ pub struct CertPem {
     pub key: Option<SecretString>,
 }
 
+/// One item's value at a version, read as a type.
+type Version = (Option<u32>, ItemKind, Arc<Item>);
+
 /// What one mount fetched.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    units: HashMap<Unit, Arc<Item>>,
+    /// By item name (looked up without allocating): version, type, value.
+    units: HashMap<String, Vec<Version>>,
     /// The types Akeyless gave for objects that declare none.
     kinds: HashMap<String, ItemKind>,
     /// Optional items that do not exist.
@@ -113,15 +117,10 @@ impl Fetched {
         let Some(kind) = declared.or_else(|| self.kinds.get(name)) else {
             return Lookup::Missing;
         };
-        let unit = Unit {
-            name: name.to_owned(),
-            version,
-            kind: kind.clone(),
-        };
-        match self.units.get(&unit) {
-            Some(item) => Lookup::Found(item),
-            None => Lookup::Missing,
-        }
+        self.units
+            .get(name)
+            .and_then(|units| units.iter().find(|(v, k, _)| *v == version && k == kind))
+            .map_or(Lookup::Missing, |(_, _, item)| Lookup::Found(item))
     }
 
     /// The type an item was read as.
@@ -143,17 +142,18 @@ impl Fetched {
         let mut fetched = Self::default();
         for (item, value) in values {
             fetched.kinds.insert(item.name.clone(), ItemKind::Static);
-            fetched.units.insert(
-                Unit {
-                    name: item.name,
-                    version: item.version,
-                    kind: ItemKind::Static,
-                },
-                Arc::new(Item {
+            let unit = Unit {
+                name: item.name,
+                version: item.version,
+                kind: ItemKind::Static,
+            };
+            fetched.insert(
+                unit,
+                Item {
                     value,
                     version: None,
                     cert: None,
-                }),
+                },
             );
         }
         fetched
@@ -161,7 +161,13 @@ impl Fetched {
 
     /// Adds a value, e.g. to test later stages.
     pub fn insert(&mut self, unit: Unit, item: Item) {
-        self.units.insert(unit, Arc::new(item));
+        self.put(unit, Arc::new(item));
+    }
+
+    fn put(&mut self, unit: Unit, item: Arc<Item>) {
+        let units = self.units.entry(unit.name).or_default();
+        units.retain(|(v, k, _)| !(*v == unit.version && *k == unit.kind));
+        units.push((unit.version, unit.kind, item));
     }
 
     /// Records a folder's listing, e.g. to test later stages.
@@ -173,15 +179,17 @@ impl Fetched {
     pub fn statics(&self) -> Values {
         self.units
             .iter()
-            .filter(|(unit, _)| unit.kind == ItemKind::Static)
-            .map(|(unit, item)| {
-                (
-                    ItemRef {
-                        name: unit.name.clone(),
-                        version: unit.version,
-                    },
-                    item.value.clone(),
-                )
+            .flat_map(|(name, units)| {
+                units
+                    .iter()
+                    .filter(|(_, kind, _)| *kind == ItemKind::Static)
+                    .map(move |(version, _, item)| {
+                        let item_ref = ItemRef {
+                            name: name.clone(),
+                            version: *version,
+                        };
+                        (item_ref, item.value.clone())
+                    })
             })
             .collect()
     }
@@ -297,8 +305,9 @@ struct Reads {
     recent: HashMap<ReadKey, (Arc<CachedToken>, Instant, Arc<Answer>)>,
 }
 
-/// Item types by (API URL, access id, item).
-type TypeKey = (String, String, String);
+/// Item types by identity (API URL and access id), then item; parsed once. `Err` holds an
+/// `item_type` that cannot be mounted.
+type Types = HashMap<String, HashMap<String, (Result<ItemKind, String>, Instant)>>;
 
 /// The fetch stage, shared by every mount.
 #[derive(Clone)]
@@ -311,7 +320,7 @@ struct Inner {
     options: FetchOptions,
     metrics: Arc<Metrics>,
     reads: Mutex<Reads>,
-    types: Mutex<HashMap<TypeKey, (String, Instant)>>,
+    types: Mutex<Types>,
     leases: lease::Leases,
 }
 
@@ -380,10 +389,11 @@ impl Fetcher {
             .iter()
             .filter(|o| matches!(o.shape, Shape::Folder(_)))
             .collect();
+        let scope = type_scope(identity);
         let describes = try_join_all(
             undeclared
                 .iter()
-                .map(|name| self.item_type(identity, token, name, deadline)),
+                .map(|name| self.item_type(identity, token, &scope, name, deadline)),
         );
         let listings = try_join_all(
             folders
@@ -471,18 +481,16 @@ impl Fetcher {
         }));
         let ((values, gone), others) = futures::try_join!(statics, others)?;
         for ((name, version), value) in values {
-            fetched.units.insert(
-                Unit {
-                    name,
-                    version,
-                    kind: ItemKind::Static,
-                },
-                Arc::new(Item {
-                    value,
-                    version: None,
-                    cert: None,
-                }),
-            );
+            let item = Item {
+                value,
+                version: None,
+                cert: None,
+            };
+            fetched.units.entry(name).or_default().push((
+                version,
+                ItemKind::Static,
+                Arc::new(item),
+            ));
         }
         for name in gone {
             tracing::info!(item = %name, "optional item does not exist; skipped");
@@ -490,9 +498,7 @@ impl Fetcher {
         }
         for (unit, item) in others {
             match item {
-                Some(item) => {
-                    fetched.units.insert(unit, item);
-                }
+                Some(item) => fetched.put(unit, item),
                 None => {
                     tracing::info!(item = %unit.name, "optional item does not exist; skipped");
                     fetched.absent.insert(unit.name);
@@ -512,55 +518,55 @@ impl Fetcher {
         &self,
         identity: &Identity,
         token: &Arc<CachedToken>,
+        scope: &str,
         name: &str,
         deadline: Deadline,
     ) -> Result<Option<ItemKind>, FetchError> {
-        let key: TypeKey = (
-            identity.base.to_string(),
-            identity.access_id.clone(),
-            name.to_owned(),
-        );
         let known = lock(&self.inner.types)
-            .get(&key)
+            .get(scope)
+            .and_then(|items| items.get(name))
             .filter(|(_, at)| at.elapsed() < TYPE_TTL)
-            .map(|(t, _)| t.clone());
-        let item_type = match known {
-            Some(t) => {
+            .map(|(kind, _)| kind.clone());
+        let kind = match known {
+            Some(kind) => {
                 self.inner.metrics.cache_hit(CacheKind::ItemType);
-                t
+                kind
             }
             None => {
                 let op = Op::Describe {
                     name: name.to_owned(),
                 };
-                match self.read(identity, token, op, deadline).await {
+                let item_type = match self.read(identity, token, op, deadline).await {
                     Ok(answer) => match &*answer {
-                        Answer::Type(t) => {
-                            let mut types = lock(&self.inner.types);
-                            if types.len() >= MAX_TYPES {
-                                types.clear();
-                            }
-                            types.insert(key, (t.clone(), Instant::now()));
-                            t.clone()
-                        }
+                        Answer::Type(t) => t.clone(),
                         _ => return Err(unexpected("describe-item", name)),
                     },
                     Err(ApiError::NotFound { .. }) => return Ok(None),
                     Err(e) => return Err(FetchError::api(e, [name])),
+                };
+                let kind = ItemKind::parse(&item_type).ok_or(item_type);
+                let mut types = lock(&self.inner.types);
+                if types.values().map(HashMap::len).sum::<usize>() >= MAX_TYPES {
+                    types.clear();
                 }
+                types
+                    .entry(scope.to_owned())
+                    .or_default()
+                    .insert(name.to_owned(), (kind.clone(), Instant::now()));
+                kind
             }
         };
-        match ItemKind::parse(&item_type) {
-            Some(ItemKind::Pki(_)) => Err(FetchError::Item {
+        match kind {
+            Ok(ItemKind::Pki(_)) => Err(FetchError::Item {
                 item: name.to_owned(),
                 problem: "is a PKI certificate issuer: set type: pki and commonName on its object".to_owned(),
             }),
-            Some(ItemKind::Ssh(_)) => Err(FetchError::Item {
+            Ok(ItemKind::Ssh(_)) => Err(FetchError::Item {
                 item: name.to_owned(),
                 problem: "is an SSH certificate issuer: set type: ssh, username and publicKey on its object".to_owned(),
             }),
-            Some(kind) => Ok(Some(kind)),
-            None => Err(FetchError::Item {
+            Ok(kind) => Ok(Some(kind)),
+            Err(item_type) => Err(FetchError::Item {
                 item: name.to_owned(),
                 problem: format!(
                     "has item type {item_type:?}, which cannot be mounted (types: {})",
@@ -572,11 +578,9 @@ impl Fetcher {
 
     /// Forgets an item's type, after a read that says it is not what we thought.
     fn forget_type(&self, identity: &Identity, name: &str) {
-        lock(&self.inner.types).remove(&(
-            identity.base.to_string(),
-            identity.access_id.clone(),
-            name.to_owned(),
-        ));
+        if let Some(items) = lock(&self.inner.types).get_mut(&type_scope(identity)) {
+            items.remove(name);
+        }
     }
 
     /// The static secrets of a folder object, sorted; `None` when an optional folder is empty
@@ -965,6 +969,12 @@ fn references<'a>(want: &'a Want<'a>) -> Vec<Ref<'a>> {
         optional: want.optional_extra.contains(item),
     }));
     refs
+}
+
+/// Whose item types these are: types are not secret, but one identity's knowledge is not
+/// another's.
+fn type_scope(identity: &Identity) -> String {
+    format!("{}\n{}", identity.base, identity.access_id)
 }
 
 fn unexpected(command: &str, item: &str) -> FetchError {

@@ -151,8 +151,10 @@ pub fn render(
 ) -> Result<Rendered, RenderError> {
     let mut rendered = Rendered::default();
     // Files named by the SPC come first; folders' files must fit around them.
+    let has_folder = objects.iter().any(|o| matches!(o.shape, Shape::Folder(_)));
     let mut taken: BTreeSet<String> = objects
         .iter()
+        .filter(|_| has_folder)
         .flat_map(|o| o.planned_files())
         .map(str::to_owned)
         .collect();
