@@ -389,7 +389,27 @@ impl Fetcher {
             .iter()
             .filter(|o| matches!(o.shape, Shape::Folder(_)))
             .collect();
+        // Known types in one look at the cache; the others are asked.
         let scope = type_scope(identity);
+        let mut unknown = Vec::new();
+        {
+            let types = lock(&self.inner.types);
+            let known = types.get(&scope);
+            for name in undeclared {
+                match known
+                    .and_then(|items| items.get(name))
+                    .filter(|(_, at)| at.elapsed() < TYPE_TTL)
+                {
+                    Some((kind, _)) => {
+                        self.inner.metrics.cache_hit(CacheKind::ItemType);
+                        let kind = usable(name, kind.clone())?;
+                        fetched.kinds.insert(name.to_owned(), kind);
+                    }
+                    None => unknown.push(name),
+                }
+            }
+        }
+        let undeclared = unknown;
         let describes = try_join_all(
             undeclared
                 .iter()
@@ -512,8 +532,8 @@ impl Fetcher {
         Ok(fetched)
     }
 
-    /// The type of an undeclared item: remembered, or asked once (shared by concurrent
-    /// mounts). `None`: the item does not exist.
+    /// The type of an undeclared item the cache does not know: asked once (shared by
+    /// concurrent mounts) and remembered. `None`: the item does not exist.
     async fn item_type(
         &self,
         identity: &Identity,
@@ -522,58 +542,29 @@ impl Fetcher {
         name: &str,
         deadline: Deadline,
     ) -> Result<Option<ItemKind>, FetchError> {
-        let known = lock(&self.inner.types)
-            .get(scope)
-            .and_then(|items| items.get(name))
-            .filter(|(_, at)| at.elapsed() < TYPE_TTL)
-            .map(|(kind, _)| kind.clone());
-        let kind = match known {
-            Some(kind) => {
-                self.inner.metrics.cache_hit(CacheKind::ItemType);
-                kind
-            }
-            None => {
-                let op = Op::Describe {
-                    name: name.to_owned(),
-                };
-                let item_type = match self.read(identity, token, op, deadline).await {
-                    Ok(answer) => match &*answer {
-                        Answer::Type(t) => t.clone(),
-                        _ => return Err(unexpected("describe-item", name)),
-                    },
-                    Err(ApiError::NotFound { .. }) => return Ok(None),
-                    Err(e) => return Err(FetchError::api(e, [name])),
-                };
-                let kind = ItemKind::parse(&item_type).ok_or(item_type);
-                let mut types = lock(&self.inner.types);
-                if types.values().map(HashMap::len).sum::<usize>() >= MAX_TYPES {
-                    types.clear();
-                }
-                types
-                    .entry(scope.to_owned())
-                    .or_default()
-                    .insert(name.to_owned(), (kind.clone(), Instant::now()));
-                kind
-            }
+        let op = Op::Describe {
+            name: name.to_owned(),
         };
-        match kind {
-            Ok(ItemKind::Pki(_)) => Err(FetchError::Item {
-                item: name.to_owned(),
-                problem: "is a PKI certificate issuer: set type: pki and commonName on its object".to_owned(),
-            }),
-            Ok(ItemKind::Ssh(_)) => Err(FetchError::Item {
-                item: name.to_owned(),
-                problem: "is an SSH certificate issuer: set type: ssh, username and publicKey on its object".to_owned(),
-            }),
-            Ok(kind) => Ok(Some(kind)),
-            Err(item_type) => Err(FetchError::Item {
-                item: name.to_owned(),
-                problem: format!(
-                    "has item type {item_type:?}, which cannot be mounted (types: {})",
-                    ItemKind::NAMES
-                ),
-            }),
+        let item_type = match self.read(identity, token, op, deadline).await {
+            Ok(answer) => match &*answer {
+                Answer::Type(t) => t.clone(),
+                _ => return Err(unexpected("describe-item", name)),
+            },
+            Err(ApiError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(FetchError::api(e, [name])),
+        };
+        let kind = ItemKind::parse(&item_type).ok_or(item_type);
+        {
+            let mut types = lock(&self.inner.types);
+            if types.values().map(HashMap::len).sum::<usize>() >= MAX_TYPES {
+                types.clear();
+            }
+            types
+                .entry(scope.to_owned())
+                .or_default()
+                .insert(name.to_owned(), (kind.clone(), Instant::now()));
         }
+        usable(name, kind).map(Some)
     }
 
     /// Forgets an item's type, after a read that says it is not what we thought.
@@ -969,6 +960,28 @@ fn references<'a>(want: &'a Want<'a>) -> Vec<Ref<'a>> {
         optional: want.optional_extra.contains(item),
     }));
     refs
+}
+
+/// An item type an object without `type` can be mounted as.
+fn usable(name: &str, kind: Result<ItemKind, String>) -> Result<ItemKind, FetchError> {
+    let problem = match kind {
+        Ok(ItemKind::Pki(_)) => {
+            "is a PKI certificate issuer: set type: pki and commonName on its object".to_owned()
+        }
+        Ok(ItemKind::Ssh(_)) => {
+            "is an SSH certificate issuer: set type: ssh, username and publicKey on its object"
+                .to_owned()
+        }
+        Ok(kind) => return Ok(kind),
+        Err(item_type) => format!(
+            "has item type {item_type:?}, which cannot be mounted (types: {})",
+            ItemKind::NAMES
+        ),
+    };
+    Err(FetchError::Item {
+        item: name.to_owned(),
+        problem,
+    })
 }
 
 /// Whose item types these are: types are not secret, but one identity's knowledge is not
