@@ -6,8 +6,8 @@
 //!    users, repairs the HTTP/2 `:authority` of old drivers ([`server::authority`]), serves the
 //!    probes and metrics ([`server::health`]) and drains on shutdown;
 //! 2. [`service`] implements `v1alpha1.CSIDriverProvider` (`Version`, `Mount`): bounds each mount
-//!    by its deadline, shares identical reads, contains panics, writes the audit event, and maps
-//!    every failure to a `tonic::Status` that names the object and the fix;
+//!    by its deadline, logs in again once on a refused token, contains panics, writes the audit
+//!    event, and maps every failure to a `tonic::Status` that names the object and the fix;
 //! 3. [`params`] parses the request's JSON strings once into a typed [`params::MountConfig`];
 //! 4. [`auth`] turns the pod's identity into an Akeyless token, cached per identity;
 //! 5. [`fetch`] works out what the objects need (item types, folder listings) and reads it with
