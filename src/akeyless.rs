@@ -193,11 +193,23 @@ pub struct ListQuery {
     /// The folder, e.g. `/app/prod`.
     pub path: String,
     pub filter: Option<String>,
+    /// Only items carrying this tag (the server filters); asks for the full view, with tags.
+    pub tag: Option<String>,
     /// Items in sub-folders too.
     pub recursive: bool,
     /// `type` filter, e.g. `["static-secret"]`.
     pub types: Vec<&'static str>,
     pub max_pages: usize,
+}
+
+/// One item of a `/list-items` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    /// Akeyless's `item_type` (e.g. `STATIC_SECRET`); empty when the server omits it.
+    pub item_type: String,
+    /// `item_tags` (full view only).
+    pub tags: Vec<String>,
 }
 
 /// What `/get-pki-certificate` is asked for.
@@ -457,15 +469,16 @@ impl Client {
             })
     }
 
-    /// `POST /list-items` of one folder, every page: `(item_name, item_type)` of each item.
-    /// At most `max_pages` calls; more is an error rather than a partial listing.
+    /// `POST /list-items` of one folder, every page: each item's name, type and (with a `tag`
+    /// query, which asks for the full view) tags. At most `max_pages` calls; more is an error
+    /// rather than a partial listing.
     pub async fn list_items(
         &self,
         base: &Url,
         token: &ApiToken,
         query: &ListQuery,
         deadline: Deadline,
-    ) -> Result<Vec<(String, String)>, ApiError> {
+    ) -> Result<Vec<Listed>, ApiError> {
         let command = "list-items";
         let mut items = Vec::new();
         let mut page: Option<String> = None;
@@ -473,12 +486,15 @@ impl Client {
             let mut fields = json_fields([
                 ("path", query.path.as_str().into()),
                 ("type", serde_json::json!(query.types)),
-                ("minimal-view", true.into()),
+                ("minimal-view", query.tag.is_none().into()),
                 ("auto-pagination", "enabled".into()),
                 ("current-folder", (!query.recursive).into()),
             ]);
             if let Some(filter) = &query.filter {
                 fields.insert("filter".into(), filter.as_str().into());
+            }
+            if let Some(tag) = &query.tag {
+                fields.insert("tag".into(), tag.as_str().into());
             }
             if let Some(token) = &page {
                 fields.insert("pagination-token".into(), token.as_str().into());
@@ -504,7 +520,21 @@ impl Client {
                     .get("item_type")
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or_default();
-                items.push((name.to_owned(), kind.to_owned()));
+                let tags = item
+                    .get("item_tags")
+                    .and_then(serde_json::Value::as_array)
+                    .map(|tags| {
+                        tags.iter()
+                            .filter_map(serde_json::Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                items.push(Listed {
+                    name: name.to_owned(),
+                    item_type: kind.to_owned(),
+                    tags,
+                });
             }
             match answer
                 .get("next_page")

@@ -40,7 +40,10 @@ pub struct LogArgs {
 impl Cli {
     /// Daemons log JSON for log pipelines; the interactive commands keep their output readable.
     pub fn log_settings(&self) -> (LogFormat, String) {
-        let daemon = matches!(self.command, Command::Serve(_) | Command::Emulator(_));
+        let daemon = matches!(
+            self.command,
+            Command::Serve(_) | Command::Controller(_) | Command::Emulator(_)
+        );
         let format = self.log.log_format.unwrap_or(if daemon {
             LogFormat::Json
         } else {
@@ -61,6 +64,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve an Akeyless-compatible API on loopback, for demos, tests and benchmarks.
     Emulator(EmulatorArgs),
+    /// Keep Kubernetes Secrets current from ESO's SecretStores and ExternalSecrets for Akeyless,
+    /// with no pod mounting anything (a Deployment; leader-elected).
+    Controller(ControllerArgs),
     /// Send the Mount the driver would send for a SecretProviderClass, and write the files.
     Mount(MountArgs),
     /// Run the emulator and the provider locally and mount a sample SecretProviderClass.
@@ -73,27 +79,13 @@ pub struct ServeArgs {
     /// /etc/kubernetes/secrets-store-csi-providers/akeyless.sock.
     #[arg(long, env = "AKEYLESS_CSI_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Akeyless API URL for SecretProviderClasses without `akeylessGatewayURL`
-    /// (SaaS, or a Gateway such as https://gw:8000/api/v2).
-    #[arg(long, env = "AKEYLESS_URL", default_value = DEFAULT_AKEYLESS_URL, value_parser = parse_url)]
-    pub akeyless_url: Url,
     /// Longest time one mount may take (the driver's own deadline, less a margin, applies
     /// when it is shorter).
     #[arg(long, env = "AKEYLESS_CSI_MOUNT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub mount_timeout: Duration,
-    /// Timeout of one HTTP call to Akeyless.
-    #[arg(long, env = "AKEYLESS_CSI_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub call_timeout: Duration,
-    /// Attempts per Akeyless call for 5xx, 429 and transport errors.
-    #[arg(long, env = "AKEYLESS_CSI_CALL_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
-    pub call_attempts: u32,
-    /// Akeyless calls under way at once on this node; more wait in a queue.
-    #[arg(long, env = "AKEYLESS_CSI_MAX_CONCURRENT_CALLS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub max_concurrent_calls: u32,
-    /// Calls allowed to wait for --max-concurrent-calls; beyond that a mount is refused at once
-    /// with ResourceExhausted (the driver retries).
-    #[arg(long, env = "AKEYLESS_CSI_MAX_QUEUED_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    pub max_queued_calls: u32,
+    /// The Akeyless API, its client and logins.
+    #[command(flatten)]
+    pub akeyless: AkeylessArgs,
     /// Serve identical reads of the same identity from memory for this long (0s = off). Rotation
     /// polls then cost no Akeyless call, but see changes and revoked permissions that much later.
     #[arg(long, env = "AKEYLESS_CSI_RESULT_CACHE_TTL", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -110,9 +102,6 @@ pub struct ServeArgs {
         default_value = "0"
     )]
     pub allowed_peer_uids: Vec<u32>,
-    /// Assumed token lifetime when Akeyless does not return an expiration.
-    #[arg(long, env = "AKEYLESS_CSI_DEFAULT_TOKEN_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub default_token_ttl: Duration,
     /// How long in-flight mounts may finish after SIGTERM.
     #[arg(long, env = "AKEYLESS_CSI_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -149,33 +138,16 @@ impl ServeArgs {
         &self,
         metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     ) -> Result<crate::service::Provider, StartError> {
-        use crate::{akeyless, auth, render, service};
+        use crate::{render, service};
         let version_key = match &self.version_key {
             Some(text) => render::VersionKey::from_base64(text, "AKEYLESS_CSI_VERSION_KEY")?,
             None => render::VersionKey::load_or_create(&self.version_key_path())?,
         };
-        let client = akeyless::Client::new(
-            akeyless::ClientOptions {
-                call_timeout: self.call_timeout,
-                max_attempts: self.call_attempts,
-                max_concurrent_calls: self.max_concurrent_calls as usize,
-                max_queued_calls: self.max_queued_calls as usize,
-                ..akeyless::ClientOptions::default()
-            },
-            metrics.clone(),
-        )?;
-        let authenticator = auth::Authenticator::new(
-            client.clone(),
-            auth::AuthOptions {
-                default_ttl: self.default_token_ttl,
-                login_timeout: self.call_timeout.saturating_mul(self.call_attempts),
-                settings: self.identity.settings(&self.akeyless_url),
-                ..auth::AuthOptions::default()
-            },
-        );
+        let client = self.akeyless.client(metrics.clone())?;
+        let authenticator = self.akeyless.authenticator(&client, &self.identity);
         Ok(service::Provider::new(
             service::ProviderOptions {
-                default_url: self.akeyless_url.clone(),
+                default_url: self.akeyless.akeyless_url.clone(),
                 mount_timeout: self.mount_timeout,
                 result_cache_ttl: self.result_cache_ttl,
                 secret_sync: self
@@ -197,6 +169,178 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from("akeyless-csi-provider.key"))
         })
     }
+}
+
+/// The Akeyless API and how it is called: shared by `serve` and `controller`.
+#[derive(Debug, Args)]
+pub struct AkeylessArgs {
+    /// Akeyless API URL for SecretProviderClasses (and stores) that name none
+    /// (SaaS, or a Gateway such as https://gw:8000/api/v2).
+    #[arg(long, env = "AKEYLESS_URL", default_value = DEFAULT_AKEYLESS_URL, value_parser = parse_url)]
+    pub akeyless_url: Url,
+    /// Timeout of one HTTP call to Akeyless.
+    #[arg(long, env = "AKEYLESS_CSI_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+    /// Attempts per Akeyless call for 5xx, 429 and transport errors.
+    #[arg(long, env = "AKEYLESS_CSI_CALL_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub call_attempts: u32,
+    /// Akeyless calls under way at once on this node; more wait in a queue.
+    #[arg(long, env = "AKEYLESS_CSI_MAX_CONCURRENT_CALLS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_calls: u32,
+    /// Calls allowed to wait for --max-concurrent-calls; beyond that a mount is refused at once
+    /// with ResourceExhausted (the driver retries).
+    #[arg(long, env = "AKEYLESS_CSI_MAX_QUEUED_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_queued_calls: u32,
+    /// Assumed token lifetime when Akeyless does not return an expiration.
+    #[arg(long, env = "AKEYLESS_CSI_DEFAULT_TOKEN_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub default_token_ttl: Duration,
+}
+
+impl AkeylessArgs {
+    /// The HTTP client these flags describe.
+    pub fn client(
+        &self,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Result<crate::akeyless::Client, StartError> {
+        Ok(crate::akeyless::Client::new(
+            crate::akeyless::ClientOptions {
+                call_timeout: self.call_timeout,
+                max_attempts: self.call_attempts,
+                max_concurrent_calls: self.max_concurrent_calls as usize,
+                max_queued_calls: self.max_queued_calls as usize,
+                ..crate::akeyless::ClientOptions::default()
+            },
+            metrics,
+        )?)
+    }
+
+    /// Logins and their token cache, with the admin's identity rules.
+    pub fn authenticator(
+        &self,
+        client: &crate::akeyless::Client,
+        identity: &crate::auth::flags::IdentityArgs,
+    ) -> crate::auth::Authenticator {
+        crate::auth::Authenticator::new(
+            client.clone(),
+            crate::auth::AuthOptions {
+                default_ttl: self.default_token_ttl,
+                login_timeout: self.call_timeout.saturating_mul(self.call_attempts),
+                settings: identity.settings(&self.akeyless_url),
+                ..crate::auth::AuthOptions::default()
+            },
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Serve stores whose spec.controller is this class (and, unless --skip-unclassed, stores
+    /// with none), like ESO's --controller-class.
+    #[arg(long, env = "AKEYLESS_CSI_CONTROLLER_CLASS", default_value = crate::controller::DEFAULT_CLASS)]
+    pub controller_class: String,
+    /// Leave stores without spec.controller alone: run beside ESO and serve only stores that
+    /// name our class.
+    #[arg(long, env = "AKEYLESS_CSI_SKIP_UNCLASSED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_unclassed: bool,
+    /// Serve ClusterSecretStores (and ExternalSecrets that use them).
+    #[arg(long, env = "AKEYLESS_CSI_CLUSTER_STORES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub cluster_stores: bool,
+    /// Watch this namespace only (default: all namespaces).
+    #[arg(long, env = "AKEYLESS_CSI_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Hold a coordination.k8s.io Lease so that only one replica writes.
+    #[arg(long, env = "AKEYLESS_CSI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+    /// Namespace of the Lease (default: the controller's own, from POD_NAMESPACE or the
+    /// service account's namespace file).
+    #[arg(long, env = "AKEYLESS_CSI_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "AKEYLESS_CSI_LEADER_ELECTION_NAME",
+        default_value = "akeyless-csi-provider-controller"
+    )]
+    pub leader_election_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub leader_election_identity: Option<String>,
+    /// How long the leader's claim lasts without renewal: a standby takes over this long after
+    /// the leader dies.
+    #[arg(long, env = "AKEYLESS_CSI_LEASE_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long before its claim ends the leader renews it.
+    #[arg(long, env = "AKEYLESS_CSI_LEASE_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease_grace: Duration,
+    /// Reconciles under way at once, per kind.
+    #[arg(long, env = "AKEYLESS_CSI_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Longest time one ExternalSecret's refresh may take (logins, reads, the write).
+    #[arg(long, env = "AKEYLESS_CSI_REFRESH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub refresh_timeout: Duration,
+    /// How often a store is validated again by a login (besides on every change).
+    #[arg(long, env = "AKEYLESS_CSI_STORE_REVALIDATE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub store_revalidate: Duration,
+    /// First retry after a failed reconcile; doubled per failure (with jitter) up to
+    /// --max-backoff.
+    #[arg(long, env = "AKEYLESS_CSI_MIN_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub min_backoff: Duration,
+    #[arg(long, env = "AKEYLESS_CSI_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_backoff: Duration,
+    /// Address of the HTTP endpoints /healthz, /readyz and /metrics ("off" to disable).
+    #[arg(long, env = "AKEYLESS_CSI_HTTP_ADDR", default_value = "0.0.0.0:8099", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
+    /// The Akeyless API, its client and logins.
+    #[command(flatten)]
+    pub akeyless: AkeylessArgs,
+    /// Identity: allow-list for the controller's own credentials, cloud endpoints.
+    #[command(flatten)]
+    pub identity: Box<crate::auth::flags::IdentityArgs>,
+}
+
+impl ControllerArgs {
+    /// The controller's settings; `namespace` is where it runs (the Lease's default home).
+    pub fn options(&self, namespace: Option<String>) -> crate::controller::ControllerOptions {
+        let leader = self
+            .leader_election
+            .then(|| crate::controller::leader::LeaderOptions {
+                namespace: self
+                    .leader_election_namespace
+                    .clone()
+                    .or(namespace)
+                    .unwrap_or_else(|| "default".to_owned()),
+                name: self.leader_election_name.clone(),
+                identity: self
+                    .leader_election_identity
+                    .clone()
+                    .filter(|i| !i.trim().is_empty())
+                    .unwrap_or_else(host_name),
+                duration: self.lease_duration,
+                grace: self.lease_grace,
+            });
+        crate::controller::ControllerOptions {
+            class: self.controller_class.clone(),
+            skip_unclassed: self.skip_unclassed,
+            cluster_stores: self.cluster_stores,
+            namespace: self.namespace.clone(),
+            default_url: self.akeyless.akeyless_url.clone(),
+            concurrency: self.concurrency,
+            refresh_timeout: self.refresh_timeout,
+            store_revalidate: self.store_revalidate,
+            min_backoff: self.min_backoff,
+            max_backoff: self.max_backoff.max(self.min_backoff),
+            leader,
+        }
+    }
+}
+
+/// This machine's host name (a pod's name in Kubernetes), for the Lease identity.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("controller-{}", std::process::id()))
 }
 
 #[derive(Debug, Args)]
@@ -288,7 +432,10 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(args.akeyless_url.as_str(), "https://api.akeyless.io/");
+        assert_eq!(
+            args.akeyless.akeyless_url.as_str(),
+            "https://api.akeyless.io/"
+        );
         assert_eq!(
             args.version_key_path(),
             PathBuf::from("/var/run/secrets-store-csi-providers/akeyless-csi-provider.key")

@@ -19,6 +19,10 @@
 //!    cert/key/chain files ([`render::pem`]), templates, folders) with modes and object versions;
 //! 8. [`sync`] mirrors values into Kubernetes Secrets when the SPC has `secretSync` (opt-in).
 //!
+//! The [`controller`] is a second entry on the same stages: it serves the External Secrets
+//! Operator's `SecretStore`/`ClusterSecretStore`/`ExternalSecret` for Akeyless (auth, fetch,
+//! shaping and Secret writing shared with the mount path), with no pod involved.
+//!
 //! Around them: [`secret`] (types that never print secret material), [`template`] (the
 //! `{{ .key }}` templates of files and Secrets), [`telemetry`] (logs and metrics),
 //! [`cli`] (flags), and the developer tools [`emulator`] (an Akeyless-compatible API on loopback),
@@ -28,6 +32,7 @@
 pub mod akeyless;
 pub mod auth;
 pub mod cli;
+pub mod controller;
 pub mod demo;
 pub mod emulator;
 pub mod fetch;

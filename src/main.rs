@@ -6,7 +6,7 @@ use clap::Parser;
 
 use akeyless_csi_provider::cli::{Cli, Command, HttpAddr};
 use akeyless_csi_provider::telemetry::metrics::Metrics;
-use akeyless_csi_provider::{demo, emulator, mount_cli, server, telemetry};
+use akeyless_csi_provider::{controller, demo, emulator, fetch, mount_cli, server, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -37,12 +37,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 server::shutdown_signal(),
                 server::ServeOptions {
                     grace: args.shutdown_grace,
-                    request_timeout: args.mount_timeout + args.call_timeout,
+                    request_timeout: args.mount_timeout + args.akeyless.call_timeout,
                     allowed_peer_uids: args.allowed_peer_uids.clone(),
                 },
                 Some(health),
             )
             .await?;
+            tracing::info!("stopped");
+        }
+        Command::Controller(args) => {
+            let metrics = Metrics::new();
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            let akeyless = args.akeyless.client(metrics.clone())?;
+            let auth = args.akeyless.authenticator(&akeyless, &args.identity);
+            let fetcher = fetch::Fetcher::new(
+                akeyless.clone(),
+                fetch::FetchOptions {
+                    mount_timeout: args.refresh_timeout,
+                    result_cache_ttl: std::time::Duration::ZERO,
+                },
+                metrics.clone(),
+            );
+            let health = server::health::Health::without_socket(metrics.clone());
+            if let HttpAddr::On(addr) = args.http_addr {
+                server::health::serve(addr, health.clone())
+                    .await
+                    .with_context(|| format!("cannot serve the HTTP endpoints on {addr}"))?;
+            }
+            let options = args.options(controller::own_namespace());
+            let parts = controller::Parts {
+                client,
+                akeyless,
+                auth,
+                fetcher,
+                metrics,
+                health,
+            };
+            controller::run(parts, options, server::shutdown_signal()).await?;
             tracing::info!("stopped");
         }
         Command::Emulator(args) => {

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::akeyless::{ApiError, Client, Deadline, ItemRef};
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::fetch::{FetchError, FetchOptions, Fetched, Fetcher, LeaseScope, Want};
+use crate::fetch::{Extra, FetchError, FetchOptions, Fetched, Fetcher, LeaseScope, Want};
 use crate::params::{self, MountConfig, ParamsError};
 use crate::proto::v1alpha1::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::v1alpha1::{MountRequest, MountResponse, VersionRequest, VersionResponse};
@@ -137,7 +137,6 @@ impl Provider {
         // The Secrets' items join the files' batched reads; the mapping comes from the SPC object.
         let sync =
             crate::sync::prepare(self.inner.options.secret_sync.as_ref(), config, deadline).await?;
-        let extra = sync.as_ref().map(|p| p.items()).unwrap_or_default();
         let mut optional = sync
             .as_ref()
             .map(|p| p.optional_items())
@@ -149,10 +148,21 @@ impl Provider {
                 version: object.version,
             });
         }
+        // An SPC's Secrets read static items, in the files' batched reads.
+        let extra: Vec<Extra> = sync
+            .as_ref()
+            .map(|p| p.items())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| Extra {
+                optional: optional.contains(&item),
+                item,
+                kind: Some(crate::params::ItemKind::Static),
+            })
+            .collect();
         let want = Want {
             objects: &config.objects,
             extra: &extra,
-            optional_extra: &optional,
             scope: LeaseScope::volume(&config.pod.uid, &config.target_path),
         };
         let fetched = self.fetch(&identity, config, &want, deadline).await?;

@@ -1033,14 +1033,17 @@ fn helm_chart_values_reach_the_provider() {
         Some("registry.example/akeyless-csi-provider:9.9.9")
     );
     let args = serve_args(c, what);
-    assert_eq!(args.akeyless_url.as_str(), "https://gw.example:8000/api/v2");
+    assert_eq!(
+        args.akeyless.akeyless_url.as_str(),
+        "https://gw.example:8000/api/v2"
+    );
     assert_eq!(args.identity.allowed_gateway_urls.len(), 2);
     assert_eq!(
         args.http_addr,
         HttpAddr::On("0.0.0.0:9100".parse().unwrap())
     );
     assert_eq!(args.result_cache_ttl, std::time::Duration::from_secs(30));
-    assert_eq!(args.max_concurrent_calls, 64);
+    assert_eq!(args.akeyless.max_concurrent_calls, 64);
     let cli = Cli::try_parse_from(std::iter::once(NAME.to_owned()).chain(c.args.clone().unwrap()))
         .unwrap();
     assert_eq!(

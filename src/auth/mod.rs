@@ -36,10 +36,11 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::akeyless::{ApiError, ApiToken, AuthRequest, Client, Deadline};
-use crate::params::{AccessType, MountConfig};
+use crate::params::{AccessConfig, AccessType, MountConfig, PodInfo};
 use crate::secret::SecretString;
 
 pub use exchange::ExchangeError;
+pub use resolve::DEFAULT_AUDIENCE;
 pub use settings::{AuthSettings, Endpoints, ProviderCredentials};
 
 /// Token lifetime policy and the admin's identity settings.
@@ -359,7 +360,18 @@ impl Authenticator {
     /// The identity a mount acts as when it calls `base`: what proves it, under the admin's
     /// rules for provider and node credentials. No network call happens here.
     pub fn identity(&self, base: Url, config: &MountConfig) -> Result<Identity, AuthError> {
-        resolve::identity(&self.inner.options.settings, base, config)
+        self.identity_for(base, &config.access, &config.pod)
+    }
+
+    /// The identity described by `access` for a caller that acts as `pod` (a mount's pod, or
+    /// the controller acting for a store), under the same rules.
+    pub fn identity_for(
+        &self,
+        base: Url,
+        access: &AccessConfig,
+        pod: &PodInfo,
+    ) -> Result<Identity, AuthError> {
+        resolve::identity(&self.inner.options.settings, base, access, pod)
     }
 
     /// A valid token for `identity`: the cached one, or the outcome of one shared login.
@@ -547,7 +559,7 @@ mod tests {
         base: &str,
         config: &MountConfig,
     ) -> Result<Identity, AuthError> {
-        resolve::identity(settings, url(base), config)
+        resolve::identity(settings, url(base), &config.access, &config.pod)
     }
 
     fn key_mount(id: &str, key: &str) -> MountConfig {

@@ -13,7 +13,7 @@ use url::Url;
 use super::kube::BoundToken;
 use super::settings::AuthSettings;
 use super::{AuthError, Identity, PodJwt, Proof, Setting, aws, azure, gcp};
-use crate::params::{AccessConfig, AccessType, MountConfig, PodInfo, keys};
+use crate::params::{AccessConfig, AccessType, PodInfo, keys};
 
 /// The audience of the pod token for `k8s`, `jwt` and `oidc` when the SPC names none.
 pub const DEFAULT_AUDIENCE: &str = "akeyless";
@@ -150,9 +150,9 @@ impl Ctx<'_> {
 pub(super) fn identity(
     settings: &AuthSettings,
     base: Url,
-    config: &MountConfig,
+    access: &AccessConfig,
+    pod: &PodInfo,
 ) -> Result<Identity, AuthError> {
-    let access = &config.access;
     let provider = &settings.provider;
     // No access id in the SPC: the provider's own identity, as with the Go provider's env.
     let from_provider = access.access_id.is_empty();
@@ -179,7 +179,7 @@ pub(super) fn identity(
         settings,
         base: &base,
         access,
-        pod: &config.pod,
+        pod,
         access_type,
     };
 

@@ -21,7 +21,7 @@ use futures::future::{BoxFuture, Shared, try_join_all};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::akeyless::{ApiError, Client, Deadline, ItemRef, ListQuery, SecretJson};
+use crate::akeyless::{ApiError, Client, Deadline, ItemRef, ListQuery, Listed, SecretJson};
 use crate::auth::{CachedToken, Identity};
 use crate::params::{ItemKind, ObjectSpec, Shape};
 use crate::render::Values;
@@ -195,16 +195,34 @@ impl Fetched {
     }
 }
 
-/// What a mount asks for.
+/// What a mount (or a controller refresh) asks for.
 #[derive(Debug)]
 pub struct Want<'a> {
     pub objects: &'a [ObjectSpec],
-    /// Static items read for Kubernetes Secrets.
-    pub extra: &'a [ItemRef],
-    /// Those of `extra` that may be missing.
-    pub optional_extra: &'a BTreeSet<ItemRef>,
-    /// The pod volume that leases belong to; `None` issues anew every time.
+    /// Items read for Kubernetes Secrets.
+    pub extra: &'a [Extra],
+    /// The pod volume (or ExternalSecret) that leases belong to; `None` issues anew every time.
     pub scope: Option<LeaseScope>,
+}
+
+/// An item read for a Kubernetes Secret rather than a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extra {
+    pub item: ItemRef,
+    /// Its type, when known (an SPC's Secrets read static items; a listing says); `None` asks
+    /// Akeyless once per item and identity.
+    pub kind: Option<ItemKind>,
+    /// May be missing: reported absent instead of failing the fetch.
+    pub optional: bool,
+}
+
+/// One item a `find` listing gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub name: String,
+    /// Its type, as the listing says (`None`: not said, or not readable as a value).
+    pub kind: Option<ItemKind>,
+    pub tags: Vec<String>,
 }
 
 /// Why a fetch failed.
@@ -266,6 +284,9 @@ enum Op {
         path: String,
         filter: Option<String>,
         recursive: bool,
+        /// Static secrets only (folders), or every readable type (`find`).
+        statics: bool,
+        tag: Option<String>,
     },
 }
 
@@ -293,7 +314,7 @@ enum Answer {
     Values(BTreeMap<String, SecretBytes>),
     Json(SecretJson),
     Type(String),
-    Listing(Vec<(String, String)>),
+    Listing(Vec<Listed>),
 }
 
 type ReadFuture = Shared<BoxFuture<'static, Result<Arc<Answer>, ApiError>>>;
@@ -590,6 +611,8 @@ impl Fetcher {
             path: object.secret_path.clone(),
             filter: folder.filter.clone(),
             recursive: folder.recursive,
+            statics: true,
+            tag: None,
         };
         let listing = match self.read(identity, token, op, deadline).await {
             Ok(answer) => match &*answer {
@@ -604,8 +627,11 @@ impl Fetcher {
         let prefix = format!("{}/", object.secret_path.trim_end_matches('/'));
         let mut names: Vec<String> = listing
             .into_iter()
-            .filter(|(_, kind)| kind.is_empty() || ItemKind::parse(kind) == Some(ItemKind::Static))
-            .map(|(name, _)| name)
+            .filter(|item| {
+                item.item_type.is_empty()
+                    || ItemKind::parse(&item.item_type) == Some(ItemKind::Static)
+            })
+            .map(|item| item.name)
             .filter(|name| {
                 name.strip_prefix(&prefix).is_some_and(|rest| {
                     !rest.is_empty() && (folder.recursive || !rest.contains('/'))
@@ -633,6 +659,59 @@ impl Fetcher {
             });
         }
         Ok(Some(names))
+    }
+
+    /// Every item under the folder `path` (recursively) that Akeyless lists for this identity,
+    /// optionally only those tagged `tag`: for ExternalSecrets' `dataFrom.find`. Shared by
+    /// concurrent identical listings; a missing folder lists nothing.
+    pub async fn find(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        path: &str,
+        tag: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Vec<Found>, FetchError> {
+        let folder = path.trim_end_matches('/');
+        let op = Op::List {
+            path: if folder.is_empty() {
+                "/".to_owned()
+            } else {
+                folder.to_owned()
+            },
+            filter: None,
+            recursive: true,
+            statics: false,
+            tag: tag.map(str::to_owned),
+        };
+        let listing = match self.read(identity, token, op, deadline).await {
+            Ok(answer) => match &*answer {
+                Answer::Listing(items) => items.clone(),
+                _ => return Err(unexpected("list-items", path)),
+            },
+            Err(ApiError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(FetchError::api(e, [path])),
+        };
+        // A listing is not trusted to stay inside the folder.
+        let prefix = format!("{folder}/");
+        let mut found: Vec<Found> = listing
+            .into_iter()
+            .filter(|item| item.name.starts_with(&prefix))
+            .map(|item| Found {
+                kind: match ItemKind::parse(&item.item_type) {
+                    Some(ItemKind::Pki(_) | ItemKind::Ssh(_)) => None,
+                    Some(kind) => Some(kind),
+                    None if item.item_type.is_empty() => Some(ItemKind::Static),
+                    None => None,
+                },
+                name: item.name,
+                tags: item.tags,
+            })
+            .filter(|item| item.kind.is_some())
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found.dedup_by(|a, b| a.name == b.name);
+        Ok(found)
     }
 
     /// Every static batch; an optional item the server says is missing is dropped and the
@@ -917,12 +996,24 @@ async fn execute(
             path,
             filter,
             recursive,
+            statics,
+            tag,
         } => {
             let query = ListQuery {
                 path: path.clone(),
                 filter: filter.clone(),
+                tag: tag.clone(),
                 recursive: *recursive,
-                types: vec!["static-secret"],
+                types: if *statics {
+                    vec!["static-secret"]
+                } else {
+                    vec![
+                        "static-secret",
+                        "dynamic-secret",
+                        "rotated-secret",
+                        "certificate",
+                    ]
+                },
                 max_pages: MAX_LIST_PAGES,
             };
             Answer::Listing(client.list_items(base, token, &query, deadline).await?)
@@ -952,12 +1043,11 @@ fn references<'a>(want: &'a Want<'a>) -> Vec<Ref<'a>> {
             }),
         }
     }
-    static STATIC: ItemKind = ItemKind::Static;
-    refs.extend(want.extra.iter().map(|item| Ref {
-        name: &item.name,
-        version: item.version,
-        declared: Some(&STATIC),
-        optional: want.optional_extra.contains(item),
+    refs.extend(want.extra.iter().map(|extra| Ref {
+        name: &extra.item.name,
+        version: extra.item.version,
+        declared: extra.kind.as_ref(),
+        optional: extra.optional,
     }));
     refs
 }

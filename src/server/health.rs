@@ -2,7 +2,8 @@
 //!
 //! Readiness is real: the socket must be serving and answer a `Version` call made through it,
 //! the same path the driver takes — a provider whose socket is gone or wedged is not ready, and
-//! neither is one that is shutting down.
+//! neither is one that is shutting down. The controller, which has no socket, is ready while
+//! it says so (its caches synced, or standing by for the leader Lease).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Health {
     serving: AtomicBool,
-    socket: PathBuf,
+    /// The socket a `Version` call is made through; `None` for the controller.
+    socket: Option<PathBuf>,
     metrics: Arc<Metrics>,
 }
 
@@ -34,7 +36,16 @@ impl Health {
     pub fn new(socket: PathBuf, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             serving: AtomicBool::new(false),
-            socket,
+            socket: Some(socket),
+            metrics,
+        })
+    }
+
+    /// Endpoints of a process without a socket (the controller): ready while set serving.
+    pub fn without_socket(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            serving: AtomicBool::new(false),
+            socket: None,
             metrics,
         })
     }
@@ -49,8 +60,11 @@ impl Health {
         if !self.serving.load(Ordering::SeqCst) {
             return Err("not serving (starting or shutting down)".to_owned());
         }
+        let Some(socket) = &self.socket else {
+            return Ok(());
+        };
         let probe = async {
-            let mut client = crate::mount_cli::connect(&self.socket)
+            let mut client = crate::mount_cli::connect(socket)
                 .await
                 .map_err(|e| e.to_string())?;
             client
@@ -65,7 +79,7 @@ impl Health {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "Version through {} did not answer within {PROBE_TIMEOUT:?}",
-                self.socket.display()
+                socket.display()
             )),
         }
     }

@@ -11,13 +11,12 @@
 //!    ([`write`]), in the pod's namespace only.
 
 pub mod mapping;
+pub mod shape;
 pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use tokio::sync::OnceCell;
 use url::Url;
@@ -26,9 +25,7 @@ use crate::akeyless::{Deadline, ItemRef};
 use crate::params::MountConfig;
 use crate::render::Values;
 use crate::secret::SecretBytes;
-use mapping::{
-    CreationPolicy, Decoding, DeletionPolicy, FailurePolicy, Mapping, RemoteRef, Target,
-};
+use mapping::{CreationPolicy, DeletionPolicy, FailurePolicy, Mapping, Target};
 
 /// The SPC parameter holding the mapping.
 pub const SECRET_SYNC: &str = "secretSync";
@@ -223,6 +220,7 @@ async fn get_spc(
                 "get",
                 "secretproviderclasses.secrets-store.csi.x-k8s.io",
                 namespace,
+                write::SPC_RBAC,
             ));
         }
     };
@@ -245,16 +243,11 @@ async fn get_spc(
 impl Plan {
     /// The items (and pinned versions) the Secrets need, to join the mount's batched reads.
     pub fn items(&self) -> Vec<ItemRef> {
-        let mut items = BTreeSet::new();
-        for target in self.written() {
-            for remote in target
-                .data_from
-                .iter()
-                .chain(target.data.iter().map(|d| &d.remote))
-            {
-                items.insert((remote.key.clone(), remote.version));
-            }
-        }
+        let items: BTreeSet<(String, Option<u32>)> = self
+            .written()
+            .flat_map(Target::remote_refs)
+            .map(|remote| (remote.key.clone(), remote.version))
+            .collect();
         items
             .into_iter()
             .map(|(name, version)| ItemRef { name, version })
@@ -265,9 +258,7 @@ impl Plan {
     /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
     pub fn optional_items(&self) -> BTreeSet<ItemRef> {
         let reads = |t: &Target| {
-            t.data_from
-                .iter()
-                .chain(t.data.iter().map(|d| &d.remote))
+            t.remote_refs()
                 .map(|r| ItemRef {
                     name: r.key.clone(),
                     version: r.version,
@@ -317,14 +308,16 @@ impl Plan {
         let api: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.client.clone(), &self.namespace);
         for target in self.written() {
-            let data = build_data(target, values)
+            let shaped = shape::shape(target, values)
                 .map_err(|why| SyncError::Refused(format!("Secret {}: {why}", target.name)))?;
             let desired = write::Desired {
                 target,
                 namespace: &self.namespace,
-                spc: &self.spc,
-                spc_uid: &self.spc_uid,
-                data,
+                manager: write::Manager::Spc {
+                    name: &self.spc,
+                    uid: &self.spc_uid,
+                },
+                shaped,
             };
             let outcome = write::apply(&api, &desired).await?;
             tracing::info!(
@@ -339,177 +332,20 @@ impl Plan {
     }
 }
 
-/// The data of one Secret: `dataFrom` in order, then `data`, then `template.data`.
-fn build_data(target: &Target, values: &Values) -> Result<BTreeMap<String, SecretBytes>, String> {
-    let mut data = BTreeMap::new();
-    // Under deletionPolicy Delete a source Akeyless no longer has was left out of the reads
-    // (see `Plan::optional_items`): its keys are dropped, and the writer removes them.
-    let gone = |remote: &RemoteRef| {
-        target.deletion == DeletionPolicy::Delete
-            && !values.contains_key(&ItemRef {
-                name: remote.key.clone(),
-                version: remote.version,
+/// The mount's static values as a [`shape::Source`]: an item missing from them was read as
+/// optional (see [`Plan::optional_items`]) and is gone.
+impl shape::Source for Values {
+    fn value(&self, key: &str, version: Option<u32>) -> Result<Option<SecretBytes>, String> {
+        Ok(self
+            .get(&ItemRef {
+                name: key.to_owned(),
+                version,
             })
-    };
-    for (i, remote) in target.data_from.iter().enumerate() {
-        if gone(remote) {
-            continue;
-        }
-        let value = lookup(remote, values)?;
-        let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
-            format!(
-                "dataFrom[{i}] ({}): the value is not a JSON object; use data with a secretKey instead",
-                remote.key
-            )
-        })?;
-        let serde_json::Value::Object(map) = json else {
-            return Err(format!(
-                "dataFrom[{i}] ({}): the value is not a JSON object",
-                remote.key
-            ));
-        };
-        for (key, value) in map {
-            // ExternalSecret's Default conversion: any other character becomes `_`.
-            let key: String = key
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            if !mapping::valid_key(&key) {
-                continue;
-            }
-            let bytes = match value {
-                serde_json::Value::String(s) => s.into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            data.insert(key, decode(SecretBytes::new(bytes), remote.decoding));
-        }
-    }
-    for entry in &target.data {
-        if gone(&entry.remote) {
-            continue;
-        }
-        let value = lookup(&entry.remote, values)
-            .map_err(|why| format!("data {}: {why}", entry.secret_key))?;
-        data.insert(
-            entry.secret_key.clone(),
-            decode(value, entry.remote.decoding),
-        );
-    }
-    let context = data.clone();
-    for (key, template) in &target.templates {
-        let value = template
-            .render(&context)
-            .map_err(|why| format!("template.data[{key}]: {why}"))?;
-        data.insert(key.clone(), value);
-    }
-    Ok(data)
-}
-
-/// The fetched value of a remote ref, or its property.
-fn lookup(remote: &RemoteRef, values: &Values) -> Result<SecretBytes, String> {
-    let item = ItemRef {
-        name: remote.key.clone(),
-        version: remote.version,
-    };
-    let value = values
-        .get(&item)
-        .ok_or_else(|| format!("item {} was not fetched", remote.key))?;
-    match &remote.property {
-        None => Ok(value.clone()),
-        // The same property paths as the files' `property`.
-        Some(path) => crate::render::select_property(value.expose(), path)
-            .map_err(|why| format!("{why} of {}", remote.key)),
-    }
-}
-
-fn decode(value: SecretBytes, decoding: Decoding) -> SecretBytes {
-    let text = || String::from_utf8_lossy(value.expose()).trim().to_owned();
-    let decoded = match decoding {
-        Decoding::None => None,
-        Decoding::Base64 => STANDARD.decode(text()).ok(),
-        Decoding::Base64Url => URL_SAFE.decode(text()).ok(),
-        Decoding::Auto => STANDARD
-            .decode(text())
-            .or_else(|_| URL_SAFE.decode(text()))
-            .ok(),
-    };
-    decoded.map(SecretBytes::new).unwrap_or(value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(items: &[(&str, Option<u32>, &str)]) -> Values {
-        items
-            .iter()
-            .map(|(n, v, value)| {
-                (
-                    ItemRef {
-                        name: n.to_string(),
-                        version: *v,
-                    },
-                    SecretBytes::new(value.as_bytes().to_vec()),
-                )
-            })
-            .collect()
+            .cloned())
     }
 
-    fn text(data: &BTreeMap<String, SecretBytes>, key: &str) -> String {
-        String::from_utf8(data[key].expose().to_vec()).unwrap()
-    }
-
-    #[test]
-    fn data_from_then_data_then_templates() {
-        let m = mapping::parse(
-            r#"
-- target:
-    name: app
-    template: {data: {url: "{{ .user }}@{{ .host }}"}}
-  dataFrom:
-    - extract: {key: /cfg}
-  data:
-    - secretKey: user
-      remoteRef: {key: /db, property: username, version: 2}
-    - secretKey: blob
-      remoteRef: {key: /b64, decodingStrategy: Base64}
-"#,
-            None,
-            "ns",
-        )
-        .unwrap();
-        let v = values(&[
-            ("/cfg", None, r#"{"user":"cfg-user","host":"db","a b":1}"#),
-            ("/db", Some(2), r#"{"username":"app"}"#),
-            ("/b64", None, "aGk="),
-        ]);
-        let data = build_data(&m.targets[0], &v).unwrap();
-        assert_eq!(text(&data, "user"), "app", "data overrides dataFrom");
-        assert_eq!(text(&data, "host"), "db");
-        assert_eq!(text(&data, "a_b"), "1", "keys are converted");
-        assert_eq!(text(&data, "blob"), "hi");
-        assert_eq!(
-            text(&data, "url"),
-            "app@db",
-            "templates see the merged data"
-        );
-    }
-
-    #[test]
-    fn lookup_errors_never_show_values() {
-        let remote = RemoteRef {
-            key: "/db".into(),
-            property: Some("nope".into()),
-            version: None,
-            decoding: Decoding::None,
-        };
-        let e = lookup(&remote, &values(&[("/db", None, r#"{"pw":"SECRETMARK"}"#)])).unwrap_err();
-        assert!(e.contains("\"nope\" is not in the value of /db") && !e.contains("SECRETMARK"));
+    fn found(&self, _find: &mapping::Find) -> Result<Vec<(String, SecretBytes)>, String> {
+        // The mapping parser refuses `find` in secretSync.
+        Err("find is not supported in secretSync".to_owned())
     }
 }

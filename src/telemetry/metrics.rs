@@ -95,6 +95,49 @@ label_values! {
     }
     CacheKind { Token => "token", Result => "result", ItemType => "item_type", Lease => "lease" }
     RejectReason { PeerUid => "peer_uid", QueueFull => "queue_full", QueueTimeout => "queue_timeout" }
+    ReconcileKind { ExternalSecret => "external_secret", Store => "store" }
+    ReconcileOutcome { Synced => "synced", Skipped => "skipped", Invalid => "invalid", Error => "error" }
+    WriteOutcome { Created => "created", Updated => "updated", Unchanged => "unchanged", Deleted => "deleted", Failed => "failed" }
+}
+
+/// The controller: one reconcile of an object of a kind, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: ReconcileKind,
+    pub outcome: ReconcileOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileKind {
+    ExternalSecret,
+    Store,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileOutcome {
+    /// Fetched and written (or found unchanged).
+    Synced,
+    /// Not due, or not ours.
+    Skipped,
+    /// The object is wrong; it waits for a change.
+    Invalid,
+    /// Failed; retried with backoff.
+    Error,
+}
+
+/// The controller: what happened to a target Secret.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub outcome: WriteOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+    Failed,
 }
 
 /// One Akeyless call's endpoint and how it ended.
@@ -179,6 +222,10 @@ pub struct Metrics {
     pub queued_backend_calls: Gauge,
     pub dedup_joins: Counter,
     pub rejected: Family<RejectLabels, Counter>,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub secret_writes: Family<WriteLabels, Counter>,
+    pub status_writes: Counter,
+    pub leader: Gauge,
     registry: Registry,
 }
 
@@ -205,6 +252,10 @@ impl Metrics {
         let queued_backend_calls = Gauge::default();
         let dedup_joins = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let secret_writes = Family::<WriteLabels, Counter>::default();
+        let status_writes = Counter::default();
+        let leader = Gauge::default();
 
         registry.register(
             "mounts",
@@ -261,6 +312,26 @@ impl Metrics {
             "Connections or calls turned away, by reason",
             rejected.clone(),
         );
+        registry.register(
+            "controller_reconciles",
+            "Controller reconciles by kind and outcome",
+            reconciles.clone(),
+        );
+        registry.register(
+            "controller_secret_writes",
+            "What controller reconciles did to target Secrets",
+            secret_writes.clone(),
+        );
+        registry.register(
+            "controller_status_writes",
+            "Status updates written by the controller",
+            status_writes.clone(),
+        );
+        registry.register(
+            "controller_leader",
+            "1 while this controller replica holds the leader Lease",
+            leader.clone(),
+        );
         Arc::new(Self {
             mounts,
             mount_duration,
@@ -273,6 +344,10 @@ impl Metrics {
             queued_backend_calls,
             dedup_joins,
             rejected,
+            reconciles,
+            secret_writes,
+            status_writes,
+            leader,
             registry,
         })
     }
@@ -309,6 +384,18 @@ impl Metrics {
 
     pub fn reject(&self, reason: RejectReason) {
         self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    pub fn reconciled(&self, kind: ReconcileKind, outcome: ReconcileOutcome) {
+        self.reconciles
+            .get_or_create(&ReconcileLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn secret_written(&self, outcome: WriteOutcome) {
+        self.secret_writes
+            .get_or_create(&WriteLabels { outcome })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

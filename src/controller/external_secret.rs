@@ -1,0 +1,943 @@
+//! ExternalSecrets: when one is due, read its items, shape its Secret, write it only when it
+//! changed, and report — status as ESO writes it, and Events.
+//!
+//! A refresh is all or nothing: a failed login, read or shaping writes nothing, and the status
+//! says which item or field failed and what to fix, never a value. Failures are retried with
+//! exponential backoff and jitter per object; an invalid spec waits for a change.
+
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::eso::{self, ExternalSecretSpec, RefreshPolicy, StoreKind};
+use super::store::{StoreAccess, StoreError};
+use crate::akeyless::{Deadline, ItemRef};
+use crate::auth::AuthError;
+use crate::fetch::{Extra, FetchError, Fetched, LeaseScope, Lookup, Want};
+use crate::params::ItemKind;
+use crate::secret::SecretBytes;
+use crate::sync::mapping::{self, CreationPolicy, DeletionPolicy, Find, Target};
+use crate::sync::shape::{self, Source};
+use crate::sync::write::{self, Manager, Outcome};
+use crate::telemetry::metrics::{ReconcileKind, ReconcileOutcome, WriteOutcome};
+
+/// ESO's condition reasons.
+const SYNCED: &str = "SecretSynced";
+const SYNC_ERROR: &str = "SecretSyncedError";
+const DELETED: &str = "SecretDeleted";
+const MISSING: &str = "SecretMissing";
+
+/// Why a reconcile failed; retried with backoff (the status already says why).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("the reconcile failed unexpectedly (a bug); it has been logged")]
+    Panicked,
+}
+
+/// Runs the ExternalSecret controller until `stop`.
+pub async fn run(ctx: Arc<Ctx>, stop: Shared<BoxFuture<'static, ()>>) {
+    let secrets = match &ctx.options.namespace {
+        Some(ns) => Api::<Secret>::namespaced(ctx.client.clone(), ns),
+        None => Api::<Secret>::all(ctx.client.clone()),
+    };
+    let managed = watcher::Config::default()
+        .labels(&format!("{}=true", eso::LABEL_MANAGED))
+        .any_semantic();
+    let controller =
+        super::controller(&ctx, &ctx.kinds.external_secret, true).owns_with(secrets, (), managed);
+    let externals = controller.store();
+    let on_store = |kind: StoreKind| {
+        let externals = externals.clone();
+        move |store: DynamicObject| users_of(&externals, kind, &store)
+    };
+    let mut controller = controller.watches_with(
+        super::api(&ctx, &ctx.kinds.secret_store, true),
+        ctx.kinds.secret_store.clone(),
+        super::watcher_config(),
+        on_store(StoreKind::SecretStore),
+    );
+    if ctx.options.cluster_stores {
+        controller = controller.watches_with(
+            super::api(&ctx, &ctx.kinds.cluster_secret_store, false),
+            ctx.kinds.cluster_secret_store.clone(),
+            super::watcher_config(),
+            on_store(StoreKind::ClusterSecretStore),
+        );
+    }
+    let stream = controller.graceful_shutdown_on(stop).run(
+        |object, ctx| async move {
+            AssertUnwindSafe(reconcile(object, ctx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("an ExternalSecret reconcile panicked; it is retried");
+                    Err(ReconcileError::Panicked)
+                })
+        },
+        |object, _error, ctx| {
+            let key = ObjectRef::from_obj_with(object.as_ref(), ctx.kinds.external_secret.clone());
+            Action::requeue(ctx.backoff(key))
+        },
+        ctx.clone(),
+    );
+    super::drive("ExternalSecret", stream).await;
+}
+
+/// The ExternalSecrets that use a store, to reconcile when it changes.
+fn users_of(
+    externals: &Store<DynamicObject>,
+    kind: StoreKind,
+    store: &DynamicObject,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let name = store.metadata.name.as_deref().unwrap_or_default();
+    let namespace = store.metadata.namespace.as_deref();
+    externals
+        .state()
+        .iter()
+        .filter(|es| {
+            let spec = eso::spec(es);
+            let named = spec.pointer("/secretStoreRef/name").and_then(Value::as_str) == Some(name);
+            let of_kind = match spec.pointer("/secretStoreRef/kind").and_then(Value::as_str) {
+                None | Some("") | Some("SecretStore") => kind == StoreKind::SecretStore,
+                Some("ClusterSecretStore") => kind == StoreKind::ClusterSecretStore,
+                Some(_) => false,
+            };
+            let same_namespace = kind == StoreKind::ClusterSecretStore
+                || es.metadata.namespace.as_deref() == namespace;
+            named && of_kind && same_namespace
+        })
+        .map(|es| ObjectRef::from_obj_with(es.as_ref(), es_resource(es)))
+        .collect()
+}
+
+fn es_resource(es: &DynamicObject) -> kube::api::ApiResource {
+    let types = es.types.clone().unwrap_or_default();
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or((eso::GROUP, "v1"));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, eso::Kind::ExternalSecret.as_str());
+    kube::api::ApiResource::from_gvk_with_plural(&gvk, "externalsecrets")
+}
+
+/// One ExternalSecret, as a reconcile sees it.
+struct Es<'a> {
+    object: &'a DynamicObject,
+    name: String,
+    namespace: String,
+}
+
+impl Es<'_> {
+    fn label(&self) -> String {
+        format!("ExternalSecret {}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a reconcile ends with, for the status.
+struct Report {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    /// Set on a refresh: refreshTime, syncedResourceVersion and binding are updated.
+    refreshed: Option<String>,
+}
+
+async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let es = Es {
+        object: &object,
+        name: object.metadata.name.clone().unwrap_or_default(),
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+    };
+    let key = ObjectRef::from_obj_with(object.as_ref(), ctx.kinds.external_secret.clone());
+    // The spec: every problem at once, naming the field.
+    let raw = eso::spec(&object);
+    let parsed = eso::external_secret_spec(raw)
+        .map_err(|p| p.to_string())
+        .and_then(|spec| {
+            mapping::external_secret(&es.name, raw)
+                .map(|target| (spec, target))
+                .map_err(|e| e.0.join("; "))
+        });
+    let (spec, target) = match parsed {
+        Ok(parsed) => parsed,
+        Err(problems) => {
+            let message = format!("invalid {}: {problems}", es.label());
+            finish(
+                &ctx,
+                &es,
+                Report {
+                    ready: false,
+                    reason: SYNC_ERROR,
+                    message: message.clone(),
+                    refreshed: None,
+                },
+                Some(&message),
+            )
+            .await?;
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Invalid);
+            return Ok(Action::await_change());
+        }
+    };
+    let access = match ctx.stores.access(&spec.store, &es.namespace).await {
+        Ok(access) => access,
+        Err(StoreError::NotOurs(_)) => {
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
+            return Ok(Action::await_change());
+        }
+        Err(e) => {
+            let message = format!("{}: {e}", es.label());
+            finish(
+                &ctx,
+                &es,
+                Report {
+                    ready: false,
+                    reason: SYNC_ERROR,
+                    message: message.clone(),
+                    refreshed: None,
+                },
+                Some(&message),
+            )
+            .await?;
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Error);
+            return Err(ReconcileError::Failed(message));
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+    let current = secrets.get_opt(&target.name).await.map_err(|e| {
+        ReconcileError::Failed(format!(
+            "{}: reading Secret {}: {e}",
+            es.label(),
+            target.name
+        ))
+    })?;
+    if !due(&object, &spec, &target, current.as_ref()) {
+        ctx.metrics
+            .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
+        ctx.succeeded(&key);
+        return Ok(next_action(&object, &spec));
+    }
+    match refresh(&ctx, &es, &target, &access).await {
+        Ok((outcome, gone)) => {
+            let (reason, message) = match outcome {
+                Outcome::Deleted => (
+                    DELETED,
+                    "secret deleted: Akeyless has no data for it (deletionPolicy Delete)"
+                        .to_owned(),
+                ),
+                Outcome::Missing => (
+                    MISSING,
+                    format!(
+                        "Secret {} does not exist; creationPolicy Merge does not create it",
+                        target.name
+                    ),
+                ),
+                Outcome::Retained => (
+                    SYNCED,
+                    "secret retained: Akeyless has no data for it (deletionPolicy Retain)"
+                        .to_owned(),
+                ),
+                _ if !gone.is_empty() => (
+                    SYNCED,
+                    format!(
+                        "secret synced; gone from Akeyless, so their keys were dropped: {}",
+                        gone.join(", ")
+                    ),
+                ),
+                _ => (SYNCED, "secret synced".to_owned()),
+            };
+            let event = match outcome {
+                Outcome::Created => Some(("Created", "Created Secret")),
+                Outcome::Updated => Some(("Updated", "Updated Secret")),
+                Outcome::Deleted => Some(("Deleted", "Deleted Secret")),
+                _ => None,
+            };
+            if let Some((reason, note)) = event {
+                publish(
+                    &ctx,
+                    &es,
+                    EventType::Normal,
+                    reason,
+                    format!("{note} {}", target.name),
+                )
+                .await;
+            }
+            ctx.metrics.secret_written(match outcome {
+                Outcome::Created => WriteOutcome::Created,
+                Outcome::Updated => WriteOutcome::Updated,
+                Outcome::Deleted => WriteOutcome::Deleted,
+                _ => WriteOutcome::Unchanged,
+            });
+            finish(
+                &ctx,
+                &es,
+                Report {
+                    ready: true,
+                    reason,
+                    message,
+                    refreshed: Some(target.name.clone()),
+                },
+                None,
+            )
+            .await?;
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Synced);
+            ctx.succeeded(&key);
+            Ok(next_action(&object, &spec))
+        }
+        Err(failure) => {
+            ctx.metrics.secret_written(WriteOutcome::Failed);
+            let message = format!("{}: {}", es.label(), failure.message);
+            finish(
+                &ctx,
+                &es,
+                Report {
+                    ready: false,
+                    reason: SYNC_ERROR,
+                    message: message.clone(),
+                    refreshed: None,
+                },
+                Some(&message),
+            )
+            .await?;
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Error);
+            if failure.retry {
+                Err(ReconcileError::Failed(message))
+            } else {
+                Ok(Action::await_change())
+            }
+        }
+    }
+}
+
+/// A failed refresh: what to show, and whether retrying may help without a change.
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
+impl Failure {
+    fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+/// Reads, shapes and writes the Secret.
+async fn refresh(
+    ctx: &Ctx,
+    es: &Es<'_>,
+    target: &Target,
+    access: &StoreAccess,
+) -> Result<(Outcome, Vec<String>), Failure> {
+    let deadline = Deadline::after(ctx.options.refresh_timeout);
+    let values = fetch(ctx, es, target, access, deadline).await?;
+    let shaped = shape::shape(target, &values).map_err(|why| Failure {
+        message: format!("Secret {}: {why}", target.name),
+        retry: false,
+    })?;
+    let gone = shaped.gone.clone();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+    let labels = es.object.metadata.labels.clone().unwrap_or_default();
+    let annotations = es.object.metadata.annotations.clone().unwrap_or_default();
+    let api_version = ctx.kinds.external_secret.api_version.clone();
+    let desired = write::Desired {
+        target,
+        namespace: &es.namespace,
+        manager: Manager::ExternalSecret {
+            name: &es.name,
+            uid: es.object.metadata.uid.as_deref().unwrap_or_default(),
+            api_version: &api_version,
+            labels: &labels,
+            annotations: &annotations,
+        },
+        shaped,
+    };
+    if target.creation == CreationPolicy::None {
+        return Ok((Outcome::Unchanged, gone));
+    }
+    let outcome = tokio::time::timeout_at(deadline.instant(), write::apply(&api, &desired))
+        .await
+        .map_err(|_| Failure::retry("writing the Secret did not finish in time"))?
+        .map_err(|e| Failure {
+            retry: matches!(
+                e.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::PermissionDenied
+            ),
+            message: e.to_string(),
+        })?;
+    if target.creation == CreationPolicy::Owner {
+        delete_renamed(ctx, es, target).await;
+    }
+    Ok((outcome, gone))
+}
+
+/// Owner Secrets this ExternalSecret created under an earlier `target.name` (ESO deletes them).
+async fn delete_renamed(ctx: &Ctx, es: &Es<'_>, target: &Target) {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+    let selector = format!(
+        "{}={}",
+        eso::LABEL_CREATED_BY,
+        eso::owner_hash(&es.namespace, &es.name)
+    );
+    let Ok(list) = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    else {
+        return;
+    };
+    let uid = es.object.metadata.uid.as_deref();
+    for old in list.items {
+        let owned = old
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+        let name = old.metadata.name.clone().unwrap_or_default();
+        if owned && name != target.name && api.delete(&name, &DeleteParams::default()).await.is_ok()
+        {
+            publish(
+                ctx,
+                es,
+                EventType::Normal,
+                "Deleted",
+                format!("Deleted Secret {name}, no longer the target"),
+            )
+            .await;
+        }
+    }
+}
+
+/// The items one `find` listed: names and types.
+type Listing = Vec<(String, Option<ItemKind>)>;
+
+/// The values one refresh reads: every item the target names (types asked of Akeyless and
+/// remembered), and the items each `find` lists.
+struct Values {
+    fetched: Fetched,
+    found: Vec<(String, Listing)>,
+}
+
+impl Source for Values {
+    fn value(&self, key: &str, version: Option<u32>) -> Result<Option<SecretBytes>, String> {
+        match self.fetched.lookup(key, version, None) {
+            Lookup::Found(item) => {
+                let kind = self
+                    .fetched
+                    .kind_of(key, None)
+                    .cloned()
+                    .unwrap_or(ItemKind::Static);
+                Ok(Some(eso_value(&kind, &item.value)))
+            }
+            Lookup::Absent => Ok(None),
+            Lookup::Missing => Err(format!("item {key} was not read (a bug)")),
+        }
+    }
+
+    fn found(&self, find: &Find) -> Result<Vec<(String, SecretBytes)>, String> {
+        let (_, names) = self
+            .found
+            .iter()
+            .find(|(path, _)| *path == find_key(find))
+            .ok_or_else(|| "the listing was not read (a bug)".to_owned())?;
+        let mut out = Vec::new();
+        for (name, kind) in names {
+            match self.fetched.lookup(name, None, kind.as_ref()) {
+                Lookup::Found(item) => {
+                    let kind = kind.clone().unwrap_or(ItemKind::Static);
+                    out.push((name.clone(), eso_value(&kind, &item.value)));
+                }
+                // Deleted between the listing and the read: not found any more.
+                Lookup::Absent => {}
+                Lookup::Missing => return Err(format!("item {name} was not read (a bug)")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The value as ESO's Akeyless provider gives it: static values as stored; rotated secrets'
+/// `payload`, else `target_value`, else the value object, as compact JSON; dynamic secrets and
+/// certificates as compact JSON.
+fn eso_value(kind: &ItemKind, value: &SecretBytes) -> SecretBytes {
+    let json = || serde_json::from_slice::<Value>(value.expose()).ok();
+    let compact = |v: &Value| SecretBytes::new(serde_json::to_vec(v).unwrap_or_default());
+    match kind {
+        ItemKind::Static => value.clone(),
+        ItemKind::Rotated => match json() {
+            Some(v) => match (v.get("payload"), v.get("target_value")) {
+                (Some(Value::String(p)), _) => SecretBytes::new(p.as_bytes().to_vec()),
+                (Some(p), _) => SecretBytes::new(p.to_string().into_bytes()),
+                (None, Some(t)) => compact(t),
+                (None, None) => compact(&v),
+            },
+            None => value.clone(),
+        },
+        _ => json().map(|v| compact(&v)).unwrap_or_else(|| value.clone()),
+    }
+}
+
+/// A `find`'s identity among the listings of one refresh.
+fn find_key(find: &Find) -> String {
+    format!(
+        "{}\n{}\n{:?}",
+        find.path,
+        find.name.as_ref().map(|r| r.as_str()).unwrap_or_default(),
+        find.tags
+    )
+}
+
+/// Logs in (once per identity and token lifetime) and reads everything the target needs.
+async fn fetch(
+    ctx: &Ctx,
+    es: &Es<'_>,
+    target: &Target,
+    access: &StoreAccess,
+    deadline: Deadline,
+) -> Result<Values, Failure> {
+    let identity = &access.identity;
+    let mut relogged = false;
+    loop {
+        let token = ctx
+            .auth
+            .token(identity, deadline)
+            .await
+            .map_err(|e| auth_failure(access, e))?;
+        // The listings of `find` first: their items join the one batched read.
+        let mut found = Vec::new();
+        let mut extra: Vec<Extra> = Vec::new();
+        let mut listing_failed = None;
+        for find in target.finds() {
+            match ctx
+                .fetcher
+                .find(
+                    identity,
+                    &token,
+                    &find.path,
+                    find.tags.values().next().map(String::as_str),
+                    deadline,
+                )
+                .await
+            {
+                Ok(items) => {
+                    let names: Listing = items
+                        .into_iter()
+                        .filter(|item| find.name.as_ref().is_none_or(|re| re.is_match(&item.name)))
+                        .filter(|item| find.tags.values().all(|t| item.tags.contains(t)))
+                        .map(|item| (item.name, item.kind))
+                        .collect();
+                    for (name, kind) in &names {
+                        extra.push(Extra {
+                            item: ItemRef {
+                                name: name.clone(),
+                                version: None,
+                            },
+                            kind: kind.clone(),
+                            optional: true,
+                        });
+                    }
+                    found.push((find_key(find), names));
+                }
+                Err(e) => {
+                    listing_failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = listing_failed {
+            if e.is_unauthorized() && !relogged {
+                ctx.auth.invalidate(identity, &token);
+                relogged = true;
+                continue;
+            }
+            return Err(fetch_failure(access, e));
+        }
+        let optional = target.deletion != DeletionPolicy::Retain;
+        let mut seen = BTreeSet::new();
+        for remote in target.remote_refs() {
+            if seen.insert((remote.key.clone(), remote.version)) {
+                extra.push(Extra {
+                    item: ItemRef {
+                        name: remote.key.clone(),
+                        version: remote.version,
+                    },
+                    kind: None,
+                    optional,
+                });
+            }
+        }
+        let uid = es.object.metadata.uid.clone().unwrap_or_default();
+        let want = Want {
+            objects: &[],
+            extra: &extra,
+            scope: LeaseScope::volume(&uid, "externalsecret"),
+        };
+        match ctx.fetcher.fetch(identity, &token, &want, deadline).await {
+            Ok(fetched) => return Ok(Values { fetched, found }),
+            Err(e) if e.is_unauthorized() && !relogged => {
+                ctx.auth.invalidate(identity, &token);
+                relogged = true;
+            }
+            Err(e) => return Err(fetch_failure(access, e)),
+        }
+    }
+}
+
+fn auth_failure(access: &StoreAccess, error: AuthError) -> Failure {
+    let retry = !matches!(
+        error,
+        AuthError::Missing(_) | AuthError::NotAllowed(_) | AuthError::Precondition(_)
+    );
+    Failure {
+        message: format!(
+            "{}: cannot log in to Akeyless as access id {} ({}): {error}",
+            access.store, access.identity.access_id, access.identity.access_type
+        ),
+        retry,
+    }
+}
+
+fn fetch_failure(access: &StoreAccess, error: FetchError) -> Failure {
+    use crate::akeyless::ApiError;
+    let (retry, message) = match &error {
+        FetchError::Missing { .. } => (true, format!("{error}: check remoteRef.key")),
+        FetchError::Item { .. } => (false, error.to_string()),
+        FetchError::Api { source, items } => {
+            let items = items.join(", ");
+            match source {
+                ApiError::Unauthorized { .. } => (
+                    true,
+                    format!(
+                        "Akeyless denied access id {} reading {items}: grant its role read access to these items, or check the keys (Akeyless answers 401 for items the caller may not see)",
+                        access.identity.access_id
+                    ),
+                ),
+                ApiError::NotFound { .. } => (
+                    true,
+                    format!("{items}: an item does not exist: check remoteRef.key ({source})"),
+                ),
+                _ => (
+                    true,
+                    format!("reading {items} from {}: {source}", access.identity.base),
+                ),
+            }
+        }
+    };
+    Failure {
+        message: format!("{}: {message}", access.store),
+        retry,
+    }
+}
+
+/// Whether the ExternalSecret must be refreshed now (ESO's `shouldRefresh` and
+/// `isSecretValid`).
+fn due(
+    object: &DynamicObject,
+    spec: &ExternalSecretSpec,
+    target: &Target,
+    secret: Option<&Secret>,
+) -> bool {
+    let status = object.data.get("status");
+    let synced = status
+        .and_then(|s| s.get("syncedResourceVersion"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let refreshed = status
+        .and_then(|s| s.get("refreshTime"))
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let current = resource_version(object);
+    let changed = synced != current;
+    let never = synced.is_empty() || refreshed.is_none();
+    let should = match spec.refresh_policy {
+        RefreshPolicy::CreatedOnce => never,
+        RefreshPolicy::OnChange => never || changed,
+        RefreshPolicy::Periodic => match (spec.refresh_interval, refreshed) {
+            (None, _) => never,
+            (Some(_), _) if changed || never => true,
+            (Some(interval), Some(at)) => {
+                let elapsed = chrono::Utc::now().signed_duration_since(at);
+                elapsed.to_std().map_or(true, |e| e >= interval)
+            }
+            (Some(_), None) => true,
+        },
+    };
+    should || !valid(target, secret)
+}
+
+/// ESO's `isSecretValid`: the target exists with the managed label and a data-hash that
+/// matches its data (always valid under Orphan; Merge and None are not checked here either).
+fn valid(target: &Target, secret: Option<&Secret>) -> bool {
+    if matches!(
+        target.creation,
+        CreationPolicy::Orphan | CreationPolicy::None
+    ) {
+        return true;
+    }
+    let Some(secret) = secret else { return false };
+    let labels = secret.metadata.labels.as_ref();
+    let annotations = secret.metadata.annotations.as_ref();
+    let managed = labels
+        .and_then(|l| l.get(eso::LABEL_MANAGED))
+        .is_some_and(|v| v == "true");
+    let hash = annotations.and_then(|a| a.get(eso::ANNOTATION_DATA_HASH));
+    let data = secret.data.clone().unwrap_or_default();
+    managed
+        && hash.is_some_and(|h| *h == eso::data_hash(data.iter().map(|(k, v)| (k, v.0.as_slice()))))
+}
+
+/// ESO's `syncedResourceVersion` of this object.
+fn resource_version(object: &DynamicObject) -> String {
+    eso::resource_version(
+        object.metadata.generation,
+        object.metadata.labels.as_ref(),
+        object.metadata.annotations.as_ref(),
+    )
+}
+
+/// When to look again after a successful reconcile.
+fn next_action(object: &DynamicObject, spec: &ExternalSecretSpec) -> Action {
+    match (spec.refresh_policy, spec.refresh_interval) {
+        (RefreshPolicy::Periodic, Some(interval)) => {
+            let refreshed = object
+                .data
+                .pointer("/status/refreshTime")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let left = refreshed
+                .and_then(|at| chrono::Utc::now().signed_duration_since(at).to_std().ok())
+                .map_or(interval, |elapsed| interval.saturating_sub(elapsed));
+            // The status just written may not be in this object yet: never requeue at once.
+            Action::requeue(left.max(Duration::from_secs(1)))
+        }
+        _ => Action::await_change(),
+    }
+}
+
+/// Writes the status (when it changed) and, on failure, a Warning event.
+async fn finish(
+    ctx: &Ctx,
+    es: &Es<'_>,
+    report: Report,
+    warning: Option<&str>,
+) -> Result<(), ReconcileError> {
+    if let Some(message) = warning {
+        publish(
+            ctx,
+            es,
+            EventType::Warning,
+            "UpdateFailed",
+            message.to_owned(),
+        )
+        .await;
+    }
+    let status = es.object.data.get("status").cloned().unwrap_or(Value::Null);
+    let condition = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
+        .cloned();
+    let status_text = if report.ready { "True" } else { "False" };
+    let unchanged_condition = condition.as_ref().is_some_and(|c| {
+        c.get("status") == Some(&json!(status_text))
+            && c.get("reason") == Some(&json!(report.reason))
+            && c.get("message") == Some(&json!(report.message))
+    });
+    if unchanged_condition && report.refreshed.is_none() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let transition = match &condition {
+        Some(c) if c.get("status") == Some(&json!(status_text)) => c
+            .get("lastTransitionTime")
+            .cloned()
+            .unwrap_or_else(|| json!(now)),
+        _ => json!(now),
+    };
+    let mut patch = json!({
+        "status": {
+            "conditions": [{
+                "type": "Ready",
+                "status": status_text,
+                "reason": report.reason,
+                "message": report.message,
+                "lastTransitionTime": transition,
+            }],
+        }
+    });
+    if let Some(target) = &report.refreshed {
+        patch["status"]["refreshTime"] = json!(now);
+        patch["status"]["syncedResourceVersion"] = json!(resource_version(es.object));
+        patch["status"]["binding"] = json!({"name": target});
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &es.namespace,
+        &ctx.kinds.external_secret,
+    );
+    match api
+        .patch_status(&es.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.status_writes.inc();
+            Ok(())
+        }
+        // Deleted meanwhile: nothing to report on.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(ReconcileError::Failed(format!(
+            "{}: writing its status: {e}",
+            es.label()
+        ))),
+    }
+}
+
+/// Publishes an Event on the ExternalSecret; a failure is only logged.
+async fn publish(ctx: &Ctx, es: &Es<'_>, type_: EventType, reason: &str, note: String) {
+    let reference = es.object.object_ref(&ctx.kinds.external_secret);
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Sync".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, "could not publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::eso::StoreRef;
+
+    #[test]
+    fn rotated_values_take_eso_shapes() {
+        let v = |text: &str| SecretBytes::new(text.as_bytes().to_vec());
+        let text = |b: SecretBytes| String::from_utf8(b.expose().to_vec()).unwrap();
+        assert_eq!(
+            text(eso_value(&ItemKind::Rotated, &v(r#"{"payload": "p"}"#))),
+            "p"
+        );
+        assert_eq!(
+            text(eso_value(
+                &ItemKind::Rotated,
+                &v(r#"{"target_value": {"b": 1, "a": 2}}"#)
+            )),
+            r#"{"a":2,"b":1}"#
+        );
+        assert_eq!(
+            text(eso_value(
+                &ItemKind::Rotated,
+                &v("{\n  \"username\": \"u\",\n  \"password\": \"p\"\n}")
+            )),
+            r#"{"password":"p","username":"u"}"#
+        );
+        assert_eq!(text(eso_value(&ItemKind::Static, &v("raw {"))), "raw {");
+    }
+
+    fn es_object(status: Value, generation: i64) -> DynamicObject {
+        let mut object = DynamicObject::new(
+            "es",
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                eso::GROUP,
+                "v1",
+                "ExternalSecret",
+            )),
+        );
+        object.metadata.generation = Some(generation);
+        object.data = json!({"status": status});
+        object
+    }
+
+    #[test]
+    fn refresh_is_due_as_eso_decides() {
+        let spec = |policy, interval| ExternalSecretSpec {
+            store: StoreRef {
+                kind: StoreKind::SecretStore,
+                name: "s".into(),
+            },
+            refresh_policy: policy,
+            refresh_interval: interval,
+        };
+        let target =
+            mapping::external_secret("es", &json!({"target": {"creationPolicy": "Orphan"}}))
+                .unwrap();
+        let fresh = es_object(Value::Null, 1);
+        let rv = resource_version(&fresh);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let synced = es_object(json!({"syncedResourceVersion": rv, "refreshTime": now}), 1);
+        let hour = Some(Duration::from_secs(3600));
+        assert!(
+            due(&fresh, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            "never synced"
+        );
+        assert!(
+            !due(&synced, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            "synced now"
+        );
+        assert!(
+            !due(&synced, &spec(RefreshPolicy::Periodic, None), &target, None),
+            "0: once"
+        );
+        assert!(!due(
+            &synced,
+            &spec(RefreshPolicy::CreatedOnce, hour),
+            &target,
+            None
+        ));
+        let changed = es_object(json!({"syncedResourceVersion": rv, "refreshTime": now}), 2);
+        assert!(
+            due(
+                &changed,
+                &spec(RefreshPolicy::OnChange, hour),
+                &target,
+                None
+            ),
+            "spec changed"
+        );
+        assert!(!due(
+            &changed,
+            &spec(RefreshPolicy::CreatedOnce, hour),
+            &target,
+            None
+        ));
+        let old = es_object(
+            json!({"syncedResourceVersion": rv, "refreshTime": "2020-01-01T00:00:00Z"}),
+            1,
+        );
+        assert!(
+            due(&old, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            "interval passed"
+        );
+        let owner = mapping::external_secret("es", &json!({})).unwrap();
+        assert!(
+            due(&synced, &spec(RefreshPolicy::Periodic, hour), &owner, None),
+            "Owner Secret missing"
+        );
+    }
+}
