@@ -4,5 +4,4 @@ pub mod cloud;
 pub mod control_plane;
 pub mod fake_k8s;
 pub mod harness;
-pub mod kube_api;
 pub mod python;
