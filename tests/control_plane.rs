@@ -227,7 +227,9 @@ async fn garbage_collection_follows_owner_references() {
     let Some(cp) = control_plane::shared().await else {
         return;
     };
-    cp.controller_manager().await;
+    if !cp.controller_manager().await {
+        return;
+    }
     let ns = cp.namespace("gc").await;
     let client = cp.client().await;
     let owner = apply(

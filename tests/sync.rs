@@ -820,7 +820,9 @@ async fn deleting_the_spc_collects_owner_secrets_and_keeps_orphans() {
     let Some(cp) = control_plane::shared().await else {
         return;
     };
-    cp.controller_manager().await;
+    if !cp.controller_manager().await {
+        return;
+    }
     let provider = provider_identity(cp).await;
     let k8s = Real::start(cp, provider, cp.namespace("shop").await).await;
     let mapping = r#"
