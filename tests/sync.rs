@@ -612,40 +612,27 @@ async fn template_types_opaque_tls_and_dockerconfigjson() {
 async fn a_type_kubernetes_refuses_is_reported_not_retried() {
     let Some(k8s) = real().await else { return };
     let h = &k8s.h;
-    // A tls Secret without tls.key: the API server's validation refuses it.
-    let mapping = "- target: {name: bad-tls, template: {type: kubernetes.io/tls}}\n  data: [{secretKey: tls.crt, remoteRef: {key: /prod/tls, property: crt}}]\n";
-    let (_, request) = k8s.mapping_request(mapping).await;
-    let e = h.mount(request).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(
-        e.message().contains("tls.key") && e.message().contains("HTTP 422"),
-        "{}",
-        e.message()
-    );
-    assert_no_leak(h, Some(&e));
-
-    // basic-auth with neither username nor password, and a .dockerconfigjson that is not JSON:
-    // refused the same way, and the API server's message (which redacts the value) is clipped
-    // before anything it quotes.
+    // What the API server's validation refuses: a tls Secret without tls.key, basic-auth with
+    // neither username nor password, a .dockerconfigjson that is not JSON. Its message (which
+    // redacts the value) is clipped before anything it quotes.
+    let tls = "- target: {name: bad-tls, template: {type: kubernetes.io/tls}}\n  data: [{secretKey: tls.crt, remoteRef: {key: /prod/tls, property: crt}}]\n";
     let basic = "- target: {name: bad-auth, template: {type: kubernetes.io/basic-auth}}\n  data: [{secretKey: token, remoteRef: {key: /prod/plain}}]\n";
-    let (_, request) = k8s.mapping_request(basic).await;
-    let e = h.mount(request).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(
-        e.message().contains("data[username]: Required value") && e.message().contains("HTTP 422"),
-        "{}",
-        e.message()
-    );
     let docker = "- target: {name: bad-registry, template: {type: kubernetes.io/dockerconfigjson}}\n  data: [{secretKey: .dockerconfigjson, remoteRef: {key: /prod/plain}}]\n";
-    let (_, request) = k8s.mapping_request(docker).await;
-    let e = h.mount(request).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(
-        e.message().contains("data[.dockerconfigjson]") && e.message().contains("HTTP 422"),
-        "{}",
-        e.message()
-    );
-    assert_no_leak(h, Some(&e));
+    for (mapping, refusal) in [
+        (tls, "tls.key"),
+        (basic, "data[username]: Required value"),
+        (docker, "data[.dockerconfigjson]"),
+    ] {
+        let (_, request) = k8s.mapping_request(mapping).await;
+        let e = h.mount(request).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        assert!(
+            e.message().contains(refusal) && e.message().contains("HTTP 422"),
+            "{}",
+            e.message()
+        );
+        assert_no_leak(h, Some(&e));
+    }
     assert!(k8s.writes().is_empty(), "nothing was stored");
 
     // A type change on a Secret we manage: Kubernetes forbids it, so it is not attempted.

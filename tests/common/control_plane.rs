@@ -70,11 +70,9 @@ static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
 /// so) when `KUBEBUILDER_ASSETS` is unset, so the calling test returns early.
 pub async fn shared() -> Option<&'static ControlPlane> {
     let Some(assets) = std::env::var_os(ASSETS).filter(|v| !v.is_empty()) else {
-        let thread = std::thread::current();
-        eprintln!(
-            "{}: skipped: {ASSETS} is unset; point it at a directory holding etcd, kube-apiserver and kube-controller-manager (README, \"Tests\") to run it against a real control plane",
-            thread.name().unwrap_or("this test")
-        );
+        skip(&format!(
+            "{ASSETS} is unset; point it at a directory holding etcd, kube-apiserver and kube-controller-manager (README, \"Tests\") to run it against a real control plane"
+        ));
         return None;
     };
     Some(
@@ -133,10 +131,7 @@ pub struct Request {
 impl Request {
     /// The `fieldManager` the request named.
     pub fn field_manager(&self) -> Option<String> {
-        let query = self.uri.split_once('?')?.1;
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "fieldManager")
-            .map(|(_, v)| v.into_owned())
+        super::fake_k8s::field_manager(self.uri.split_once('?').map(|(_, query)| query))
     }
 
     /// Whether it was a write (create, update, patch, delete) that the API server accepted.
@@ -226,14 +221,7 @@ impl ControlPlane {
     pub async fn namespace(&self, prefix: &str) -> String {
         let name = self.unique(prefix);
         let client = self.client().await;
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name}
-        }))
-        .expect("a Namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        create_namespace(&client, &name).await;
         if !self.controller_manager_running.load(Ordering::SeqCst) {
             create_service_account(&client, &name, "default").await;
         }
@@ -306,12 +294,10 @@ impl ControlPlane {
     /// have not: the calling test returns early.
     pub async fn controller_manager(&self) -> bool {
         if !self.assets.join("kube-controller-manager").is_file() {
-            let thread = std::thread::current();
-            eprintln!(
-                "{}: skipped: {ASSETS}={} has no kube-controller-manager (garbage collection needs it; ../shared/kube/assets has it)",
-                thread.name().unwrap_or("this test"),
+            skip(&format!(
+                "{ASSETS}={} has no kube-controller-manager (garbage collection needs it; ../shared/kube/assets has it)",
                 self.assets.display()
-            );
+            ));
             return false;
         }
         self.controller_manager
@@ -344,13 +330,7 @@ impl ControlPlane {
                 self.controller_manager_running.store(true, Ordering::SeqCst);
                 let client = self.client().await;
                 let probe = self.unique("controller-manager-probe");
-                let namespace: Namespace =
-                    serde_json::from_value(serde_json::json!({"metadata": {"name": probe}}))
-                        .expect("a Namespace");
-                Api::<Namespace>::all(client.clone())
-                    .create(&PostParams::default(), &namespace)
-                    .await
-                    .expect("a probe namespace");
+                create_namespace(&client, &probe).await;
                 let accounts = Api::<ServiceAccount>::namespaced(client, &probe);
                 wait_ready(child, "kube-controller-manager", &log, || async {
                     accounts.get_opt("default").await.is_ok_and(|a| a.is_some())
@@ -537,6 +517,22 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Prints that the calling test is skipped, and why.
+fn skip(why: &str) {
+    let thread = std::thread::current();
+    eprintln!("{}: skipped: {why}", thread.name().unwrap_or("this test"));
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .expect("a Namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
 }
 
 async fn create_service_account(client: &kube::Client, namespace: &str, name: &str) {

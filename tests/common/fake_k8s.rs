@@ -494,7 +494,8 @@ async fn replace_secret(
     axum::Json(secret).into_response()
 }
 
-fn field_manager(query: Option<&str>) -> Option<String> {
+/// The `fieldManager` parameter of a request's query string.
+pub fn field_manager(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "fieldManager")
         .map(|(_, v)| v.into_owned())
