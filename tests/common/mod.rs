@@ -2,6 +2,7 @@
 
 pub mod cloud;
 pub mod control_plane;
+pub mod controller;
 pub mod fake_k8s;
 pub mod harness;
 pub mod python;
