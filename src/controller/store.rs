@@ -268,19 +268,12 @@ impl Stores {
             Some(CaSource::Bundle(roots)) => Some(roots.clone()),
             Some(CaSource::Provider(selector)) => {
                 let pem = self.key_text(selector, &scope).await?;
-                Some(
-                    TrustRoots::from_pem(pem.expose()).map_err(|why| StoreError::Reference {
-                        store: described.clone(),
-                        problem: format!(
-                            "{} {}/{} key {:?} (named by {}) {why}; put the PEM CA certificate(s) there",
-                            selector.kind.as_str(),
-                            scope.namespace_of(selector.namespace.as_deref()),
-                            selector.name,
-                            selector.key,
-                            selector.field
-                        ),
-                    })?,
-                )
+                Some(TrustRoots::from_pem(pem.expose()).map_err(|why| {
+                    scope.reference(format!(
+                        "{} {why}; put the PEM CA certificate(s) there",
+                        describe_key(selector, &scope)
+                    ))
+                })?)
             }
         };
         let (access, pod) = self.credentials(&spec.auth, &scope).await?;
@@ -342,12 +335,13 @@ impl Stores {
         let mut access = AccessConfig::default();
         let mut pod = PodInfo::default();
         match auth {
-            Auth::SecretRef {
-                access_id,
-                access_type,
-                access_type_param,
-                service_account,
-            } => {
+            Auth::SecretRef(secret_ref) => {
+                let SecretRefAuth {
+                    access_id,
+                    access_type,
+                    access_type_param,
+                    service_account,
+                } = secret_ref.as_ref();
                 access.access_id = self.key_text(access_id, scope).await?.expose().to_owned();
                 if access.access_id.is_empty() {
                     return Err(scope.reference(format!(
@@ -927,19 +921,23 @@ pub enum KubeToken {
 /// `authSecretRef`.
 #[derive(Debug, Clone)]
 pub enum Auth {
-    SecretRef {
-        access_id: SecretKeySelector,
-        access_type: SecretKeySelector,
-        access_type_param: Option<SecretKeySelector>,
-        /// `authSecretRef.serviceAccountRef`: AKS workload identity for `azure_ad` (ignored
-        /// for other access types, as by ESO).
-        service_account: Option<ServiceAccountRef>,
-    },
+    SecretRef(Box<SecretRefAuth>),
     Kubernetes {
         access_id: String,
         config_name: String,
         token: KubeToken,
     },
+}
+
+/// `authSecretRef.secretRef` (and `serviceAccountRef`, which goes with it).
+#[derive(Debug, Clone)]
+pub struct SecretRefAuth {
+    pub access_id: SecretKeySelector,
+    pub access_type: SecretKeySelector,
+    pub access_type_param: Option<SecretKeySelector>,
+    /// `authSecretRef.serviceAccountRef`: AKS workload identity for `azure_ad` (ignored for
+    /// other access types, as by ESO).
+    pub service_account: Option<ServiceAccountRef>,
 }
 
 /// One ClusterSecretStore condition: namespaces that may use it.
@@ -1134,24 +1132,11 @@ pub fn parse(
             }
         },
     };
-    // Where a reference's object lives: a ClusterSecretStore names it, a SecretStore uses its
-    // own namespace.
-    let reference_namespace = |field: &str,
-                               raw: Option<String>,
-                               what: &str,
-                               problems: &mut Problems| {
-        let given = raw.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-        match (cluster, given.as_deref()) {
-            (true, None) => problems.push(format!(
-                "{field}.namespace is missing: a ClusterSecretStore must name the namespace of each {what} it reads"
-            )),
-            (false, Some(ns)) if ns != namespace => problems.push(format!(
-                "{field}.namespace {ns:?}: a SecretStore reads {what}s of its own namespace {namespace:?} only; remove it"
-            )),
-            _ => {}
-        }
-        given
-    };
+    let home = Home { cluster, namespace };
+    let reference_namespace =
+        |field: &str, raw: Option<String>, what: &str, problems: &mut Problems| {
+            home.reference_namespace(field, raw, what, problems)
+        };
     let selector = |field: &str,
                     raw: &Option<RawSelectorRef>,
                     default_key: Option<&str>,
@@ -1180,7 +1165,7 @@ pub fn parse(
         raw.ca_bundle.as_deref(),
         raw.ca_provider,
         &mut problems,
-        &reference_namespace,
+        &home,
     );
     // A ServiceAccount reference; `namespace_required`: a ClusterSecretStore must name it.
     let service_account = |field: &str,
@@ -1287,12 +1272,14 @@ pub fn parse(
                 &mut problems,
             );
             match (access_id, access_type) {
-                (Some(access_id), Some(access_type)) => Some(Auth::SecretRef {
-                    access_id,
-                    access_type,
-                    access_type_param,
-                    service_account,
-                }),
+                (Some(access_id), Some(access_type)) => {
+                    Some(Auth::SecretRef(Box::new(SecretRefAuth {
+                        access_id,
+                        access_type,
+                        access_type_param,
+                        service_account,
+                    })))
+                }
                 _ => {
                     problems.push(format!("{base} needs accessID and accessType"));
                     None
@@ -1344,13 +1331,45 @@ pub fn parse(
     }
 }
 
+/// Where a store lives, which decides where the objects it references may live.
+struct Home<'a> {
+    cluster: bool,
+    /// A SecretStore's namespace.
+    namespace: &'a str,
+}
+
+impl Home<'_> {
+    /// The namespace a reference names: a ClusterSecretStore must name one, a SecretStore may
+    /// name only its own.
+    fn reference_namespace(
+        &self,
+        field: &str,
+        raw: Option<String>,
+        what: &str,
+        problems: &mut Problems,
+    ) -> Option<String> {
+        let namespace = self.namespace;
+        let given = raw.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+        match (self.cluster, given.as_deref()) {
+            (true, None) => problems.push(format!(
+                "{field}.namespace is missing: a ClusterSecretStore must name the namespace of each {what} it reads"
+            )),
+            (false, Some(ns)) if ns != namespace => problems.push(format!(
+                "{field}.namespace {ns:?}: a SecretStore reads {what}s of its own namespace {namespace:?} only; remove it"
+            )),
+            _ => {}
+        }
+        given
+    }
+}
+
 /// `caBundle` (base64 of PEM in YAML; a bundle encoded twice, or PEM as is, is accepted too,
 /// as ESO does) wins over `caProvider`, as with ESO.
 fn ca_source(
     bundle: Option<&str>,
     provider: Option<RawCaProvider>,
     problems: &mut Problems,
-    reference_namespace: &dyn Fn(&str, Option<String>, &str, &mut Problems) -> Option<String>,
+    home: &Home<'_>,
 ) -> Option<CaSource> {
     if let Some(bundle) = bundle.map(str::trim).filter(|b| !b.is_empty()) {
         return match TrustRoots::from_pem(&ca_bundle_text(bundle)) {
@@ -1381,7 +1400,7 @@ fn ca_source(
             "{field}.key is missing; name the key that holds the PEM CA certificate(s)"
         ));
     }
-    let namespace = reference_namespace(field, raw.namespace, kind.as_str(), problems);
+    let namespace = home.reference_namespace(field, raw.namespace, kind.as_str(), problems);
     Some(CaSource::Provider(KeySelector {
         kind,
         name: raw.name.trim().to_owned(),

@@ -41,7 +41,17 @@ struct FakeApi {
 }
 
 impl FakeApi {
-    fn put(&self, plural: &str, namespace: &str, name: &str, object: Value) {
+    /// A core/v1 object of `kind` with `fields` (`data`, or `annotations`).
+    fn put(&self, kind: &str, namespace: &str, name: &str, fields: Value) {
+        let mut object = json!({"apiVersion": "v1", "kind": kind,
+                                "metadata": {"name": name, "namespace": namespace}});
+        for (key, value) in fields.as_object().into_iter().flatten() {
+            match key.as_str() {
+                "annotations" => object["metadata"]["annotations"] = value.clone(),
+                _ => object[key] = value.clone(),
+            }
+        }
+        let plural = format!("{}s", kind.to_ascii_lowercase());
         self.objects.lock().unwrap().insert(
             format!("/api/v1/namespaces/{namespace}/{plural}/{name}"),
             object,
@@ -49,42 +59,22 @@ impl FakeApi {
     }
 
     fn secret(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
-        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), json!(b64(v))))
-            .collect();
-        self.put(
-            "secrets",
-            namespace,
-            name,
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": name, "namespace": namespace}, "data": data}),
-        );
+        let data: BTreeMap<&str, String> = data.iter().map(|(k, v)| (*k, b64(v))).collect();
+        self.put("Secret", namespace, name, json!({ "data": data }));
     }
 
     fn config_map(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
-        let data: serde_json::Map<String, Value> = data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), json!(v)))
-            .collect();
-        self.put(
-            "configmaps",
-            namespace,
-            name,
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": name, "namespace": namespace}, "data": data}),
-        );
+        let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+        self.put("ConfigMap", namespace, name, json!({ "data": data }));
     }
 
     fn service_account(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) {
         let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
         self.put(
-            "serviceaccounts",
+            "ServiceAccount",
             namespace,
             name,
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": name, "namespace": namespace, "annotations": annotations}}),
+            json!({ "annotations": annotations }),
         );
     }
 
@@ -400,7 +390,7 @@ fn every_auth_form_and_ca_source_parses() {
     let parsed = parse_spec(StoreKind::SecretStore, spec).unwrap().unwrap();
     assert!(matches!(
         &parsed.auth,
-        Auth::SecretRef { service_account: Some(sa), .. } if sa.name == "wi" && sa.namespace.is_none()
+        Auth::SecretRef(s) if s.service_account.as_ref().is_some_and(|sa| sa.name == "wi" && sa.namespace.is_none())
     ));
     for (extra, expect) in [
         (json!({}), "own"),
@@ -615,7 +605,10 @@ async fn service_account_tokens_last_most_of_their_life_and_other_audiences_are_
         json!({"serviceAccountRef": {"name": "web"}}),
     ));
     // The Akeyless audience may go to any URL: it is good for nothing but Akeyless.
-    let first = f.resolve(&object).await.unwrap();
+    // Concurrent resolutions share one TokenRequest.
+    let (first, again) = tokio::join!(f.resolve(&object), f.resolve(&object));
+    let (first, again) = (first.unwrap(), again.unwrap());
+    assert!(first.identity == again.identity, "one token, one identity");
     let again = f.resolve(&object).await.unwrap();
     assert!(
         first.identity == again.identity,
