@@ -368,8 +368,9 @@ impl Stores {
                     })
                     .ok_or_else(|| {
                         scope.reference(format!(
-                            "{}: {type_text:?} is not one of aws_iam, gcp, azure_ad, api_key, access_key, k8s",
-                            describe_key(access_type, scope)
+                            "{}: {} is not one of aws_iam, gcp, azure_ad, api_key, access_key, k8s",
+                            describe_key(access_type, scope),
+                            shown_type(&type_text)
                         ))
                     })?;
                 access.access_type = Some(access_type);
@@ -809,6 +810,23 @@ fn describe_key(selector: &KeySelector, scope: &Scope<'_>) -> String {
         selector.key,
         selector.field
     )
+}
+
+/// An access type from a Secret, quoted only when it looks like one: keys mixed up in the
+/// Secret must not put a credential into a status.
+fn shown_type(text: &str) -> String {
+    if text.len() <= 24
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        format!("{text:?}")
+    } else {
+        format!(
+            "the value (of {} characters, not shown)",
+            text.chars().count()
+        )
+    }
 }
 
 /// A JWT for the auth stage, under the audience it looks it up by.

@@ -519,6 +519,14 @@ async fn access_keys_resolve_and_empty_values_are_named() {
     f.access_key_secret("password", "x");
     let (_, text) = problem(f.resolve(&secret_store(secret_ref(EVIL))).await);
     assert!(text.contains("\"password\" is not one of"), "{text}");
+    // Keys mixed up: the access key where the type belongs is not shown.
+    f.access_key_secret("AbCdEfGh1234567890+/=xyzSECRET", "x");
+    let (_, text) = problem(f.resolve(&secret_store(secret_ref(EVIL))).await);
+    assert!(
+        text.contains("the value (of 30 characters, not shown) is not one of")
+            && !text.contains("SECRET"),
+        "{text}"
+    );
     let missing = fixture();
     let (e, text) = problem(missing.resolve(&secret_store(secret_ref(EVIL))).await);
     assert!(matches!(e, StoreError::Reference { .. }));
