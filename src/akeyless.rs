@@ -237,17 +237,27 @@ pub struct SshRequest<'a> {
 }
 
 /// The body of a read of one item at a version (the latest when `None`), past the gateway cache
-/// only when it is fresh (`ignore-cache: false`, as for `/get-secret-value`).
+/// only when it is fresh (`ignore-cache: false`, as for `/get-secret-value`) unless the client
+/// says otherwise.
 fn versioned_read(
     name_field: &str,
     name: &str,
     version: Option<u32>,
+    ignore_cache: bool,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let mut fields = json_fields([(name_field, name.into()), ("ignore-cache", "false".into())]);
+    let mut fields = json_fields([
+        (name_field, name.into()),
+        ("ignore-cache", ignore_cache_text(ignore_cache).into()),
+    ]);
     if let Some(v) = version {
         fields.insert("version".into(), v.into());
     }
     fields
+}
+
+/// `ignore-cache` is a string in the API (akeyless-api.md §1.1).
+fn ignore_cache_text(ignore: bool) -> &'static str {
+    if ignore { "true" } else { "false" }
 }
 
 fn json_fields<const N: usize>(
@@ -257,12 +267,62 @@ fn json_fields<const N: usize>(
 }
 
 /// A client for any number of Akeyless URLs, sharing one connection pool.
+///
+/// A [`Client::variant`] serves one controller store: its own trust roots (its own pool) and
+/// cache policy, under the same node-wide bound and metrics.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     options: ClientOptions,
     limiter: Arc<Limiter>,
     metrics: Arc<Metrics>,
+    /// Reads ask the Gateway to bypass its cache (a store's `ignoreCache`).
+    ignore_cache: bool,
+    /// Fingerprint of the trust roots that replace the system's; `None`: the system's.
+    roots: Option<String>,
+}
+
+/// CA certificates that replace the system's trust roots for one store's calls (a Gateway
+/// with a private CA), as ESO's Akeyless provider does with `caBundle`/`caProvider`.
+#[derive(Clone)]
+pub struct TrustRoots {
+    der: Vec<Vec<u8>>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for TrustRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustRoots")
+            .field("certificates", &self.der.len())
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+impl TrustRoots {
+    /// Every `CERTIFICATE` block of a PEM bundle; at least one, each a valid X.509 certificate.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        use sha2::{Digest, Sha256};
+        let certificates = crate::render::pem::parse_certificates(text)?;
+        if certificates.is_empty() {
+            return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+        }
+        let der: Vec<Vec<u8>> = certificates.iter().map(|c| c.der().to_vec()).collect();
+        let mut hash = Sha256::new();
+        for cert in &der {
+            hash.update((cert.len() as u64).to_be_bytes());
+            hash.update(cert);
+        }
+        Ok(Self {
+            der,
+            fingerprint: hex::encode(hash.finalize()),
+        })
+    }
+
+    /// SHA-256 over the certificates (hex): equal bundles, equal fingerprints.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
 }
 
 /// The node-wide bound on concurrent calls, with a bounded queue.
@@ -274,14 +334,7 @@ struct Limiter {
 
 impl Client {
     pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.call_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Never follow a redirect: it would carry the credential in the body elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(false)
-            .build()?;
+        let http = http_client(&options, None)?;
         let limiter = Arc::new(Limiter {
             permits: Semaphore::new(options.max_concurrent_calls.max(1)),
             queued: AtomicUsize::new(0),
@@ -291,7 +344,47 @@ impl Client {
             options,
             limiter,
             metrics,
+            ignore_cache: false,
+            roots: None,
         })
+    }
+
+    /// This client for one store: `roots` instead of the system's trust roots (a connection
+    /// pool of its own, so no connection verified under other roots is reused) and reads that
+    /// bypass the Gateway's cache when `ignore_cache`. The node-wide bound on concurrent calls
+    /// and the metrics stay shared.
+    pub fn variant(
+        &self,
+        roots: Option<&TrustRoots>,
+        ignore_cache: bool,
+    ) -> Result<Self, reqwest::Error> {
+        let http = match roots {
+            Some(roots) => http_client(&self.options, Some(roots))?,
+            None if self.roots.is_none() => self.http.clone(),
+            None => http_client(&self.options, None)?,
+        };
+        Ok(Self {
+            http,
+            options: self.options.clone(),
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+            ignore_cache,
+            roots: roots.map(|r| r.fingerprint().to_owned()),
+        })
+    }
+
+    /// What sets this client's calls apart from the default client's (empty for the default):
+    /// the trust roots' fingerprint and the cache policy. Part of an identity's key.
+    pub fn profile(&self) -> String {
+        let mut profile = String::new();
+        if let Some(roots) = &self.roots {
+            profile.push_str("roots=");
+            profile.push_str(roots);
+        }
+        if self.ignore_cache {
+            profile.push_str(";ignore-cache");
+        }
+        profile
     }
 
     /// The metrics this client records into.
@@ -411,7 +504,7 @@ impl Client {
         let body = Body {
             names,
             version,
-            ignore_cache: "false",
+            ignore_cache: ignore_cache_text(self.ignore_cache),
             token: match token {
                 ApiToken::Token(t) => Some(t.expose()),
                 ApiToken::UidToken(_) => None,
@@ -564,7 +657,7 @@ impl Client {
         deadline: Deadline,
     ) -> Result<SecretJson, ApiError> {
         // `names` is one string here, unlike `/get-secret-value`.
-        let fields = versioned_read("names", name, version);
+        let fields = versioned_read("names", name, version, self.ignore_cache);
         let mut answer = self
             .data_call(base, "get-rotated-secret-value", token, fields, deadline)
             .await?;
@@ -586,7 +679,7 @@ impl Client {
         version: Option<u32>,
         deadline: Deadline,
     ) -> Result<SecretJson, ApiError> {
-        let fields = versioned_read("name", name, version);
+        let fields = versioned_read("name", name, version, self.ignore_cache);
         let answer = self
             .data_call(base, "get-certificate-value", token, fields, deadline)
             .await?;
@@ -874,6 +967,30 @@ impl Client {
     }
 }
 
+/// The HTTP client: no redirects, the call timeout for connecting, and either the system's
+/// trust roots or only `roots`.
+fn http_client(
+    options: &ClientOptions,
+    roots: Option<&TrustRoots>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.call_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        // Never follow a redirect: it would carry the credential in the body elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(false);
+    if let Some(roots) = roots {
+        let certificates = roots
+            .der
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()?;
+        builder = builder.tls_certs_only(certificates);
+    }
+    builder.build()
+}
+
 /// Leaves the queue count when the waiting call ends, however it ends.
 struct Dequeue<'a>(&'a AtomicUsize);
 
@@ -1074,6 +1191,44 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(server_message(long.as_bytes(), &[]).chars().count() <= 301);
         assert_eq!(server_message(b"", &[]), "(empty body)");
+    }
+
+    #[test]
+    fn store_variants_share_the_bound_and_differ_by_profile() {
+        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        assert_eq!(client.profile(), "");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let roots = TrustRoots::from_pem(&pem).unwrap();
+        assert_eq!(
+            TrustRoots::from_pem(&format!("junk\n{pem}"))
+                .unwrap()
+                .fingerprint(),
+            roots.fingerprint(),
+            "text around the blocks does not matter"
+        );
+        assert!(TrustRoots::from_pem("no certificate").is_err());
+        assert!(!format!("{roots:?}").contains("BEGIN"));
+
+        let rooted = client.variant(Some(&roots), false).unwrap();
+        let uncached = client.variant(None, true).unwrap();
+        let both = rooted.variant(Some(&roots), true).unwrap();
+        assert_eq!(rooted.profile(), format!("roots={}", roots.fingerprint()));
+        assert_eq!(uncached.profile(), ";ignore-cache");
+        assert_ne!(both.profile(), rooted.profile());
+        assert!(Arc::ptr_eq(&rooted.limiter, &client.limiter));
+        assert!(Arc::ptr_eq(&both.metrics, &client.metrics));
+        assert_eq!(client.variant(None, false).unwrap().profile(), "");
+        assert_eq!(
+            versioned_read("name", "/a", None, true)["ignore-cache"],
+            "true"
+        );
+        assert_eq!(
+            versioned_read("name", "/a", Some(2), false)["ignore-cache"],
+            "false"
+        );
     }
 
     #[test]

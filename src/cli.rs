@@ -294,6 +294,11 @@ pub struct ControllerArgs {
     /// Address of the HTTP endpoints /healthz, /readyz and /metrics ("off" to disable).
     #[arg(long, env = "AKEYLESS_CSI_HTTP_ADDR", default_value = "0.0.0.0:8099", value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
+    /// The controller's own ServiceAccount token, for kubernetesAuth stores that name none
+    /// (and secretRef stores of access type k8s); re-read on use, as the kubelet rotates it.
+    /// Sent only to --akeyless-url and --allowed-gateway-url URLs.
+    #[arg(long, env = "AKEYLESS_CSI_SERVICE_ACCOUNT_TOKEN_FILE", default_value = crate::controller::own::DEFAULT_TOKEN_FILE)]
+    pub service_account_token_file: PathBuf,
     /// The Akeyless API, its client and logins.
     #[command(flatten)]
     pub akeyless: AkeylessArgs,
@@ -334,6 +339,9 @@ impl ControllerArgs {
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff.max(self.min_backoff),
             leader,
+            own: crate::controller::own::OwnIdentity::from_env(
+                self.service_account_token_file.clone(),
+            ),
         }
     }
 }
@@ -345,6 +353,17 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("controller-{}", std::process::id()))
+}
+
+impl ControllerArgs {
+    /// Logins and their token cache. In the controller, the "node identity" of the CSI path is
+    /// the controller's own cloud identity, which ESO uses for `aws_iam`, `gcp` and `azure_ad`
+    /// stores without credentials: always on, and still only towards allowed URLs.
+    pub fn authenticator(&self, client: &crate::akeyless::Client) -> crate::auth::Authenticator {
+        let mut identity = (*self.identity).clone();
+        identity.node_identity = true;
+        self.akeyless.authenticator(client, &identity)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -51,7 +51,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
             let akeyless = args.akeyless.client(metrics.clone())?;
-            let auth = args.akeyless.authenticator(&akeyless, &args.identity);
+            let auth = args.authenticator(&akeyless);
             let fetcher = fetch::Fetcher::new(
                 akeyless.clone(),
                 fetch::FetchOptions {

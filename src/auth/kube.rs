@@ -6,13 +6,21 @@
 //! Both happen inside the login task, once per login. The client is built on first use (in
 //! cluster: the provider's own service account, which needs `create serviceaccounts/token` and
 //! `get serviceaccounts`), so a provider that never needs it never touches the API.
+//!
+//! The controller also asks here for tokens of the ServiceAccounts its stores name (ESO's
+//! `serviceAccountRef`), bound to no pod. Those are reused until about 80% of their life: the
+//! identity they prove is keyed by the token itself, so a fresh token per refresh would mean a
+//! login per refresh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use url::Url;
 
 use super::AuthError;
@@ -23,6 +31,10 @@ use crate::secret::SecretString;
 
 /// Lifetime asked for requested tokens: the API's minimum, enough for one login.
 const EXPIRATION_SECONDS: i64 = 600;
+/// Lifetime asked for ServiceAccount tokens (not bound to a pod): reused until 80% of it.
+const ACCOUNT_EXPIRATION_SECONDS: i64 = 3600;
+/// Requested ServiceAccount tokens kept at most; expired ones are dropped first.
+const MAX_ACCOUNT_TOKENS: usize = 10_000;
 
 /// A token to request for a pod: everything the kubelet told us about it.
 #[derive(Debug, Clone)]
@@ -34,11 +46,25 @@ pub(super) struct BoundToken {
     pub audience: String,
 }
 
+/// A token for a ServiceAccount itself (bound to no pod), for `audiences` (empty: the API
+/// server's own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountToken {
+    pub namespace: String,
+    pub service_account: String,
+    pub audiences: Vec<String>,
+}
+
+/// A requested ServiceAccount token and when to stop handing it out.
+type Cached = Option<(SecretString, Instant)>;
+
 /// The provider's Kubernetes API client, built lazily.
 pub(super) struct Kube {
     /// `--kube-api-url`: an explicit API server (tests, out-of-cluster); else inferred.
     api_url: Option<Url>,
     client: OnceCell<kube::Client>,
+    /// ServiceAccount tokens by request; one TokenRequest at a time per request.
+    accounts: Mutex<HashMap<AccountToken, Arc<tokio::sync::Mutex<Cached>>>>,
 }
 
 impl Kube {
@@ -46,7 +72,13 @@ impl Kube {
         Self {
             api_url,
             client: OnceCell::new(),
+            accounts: Mutex::default(),
         }
+    }
+
+    /// Uses `client` (the controller's own) instead of building one; no-op once one is built.
+    pub fn use_client(&self, client: kube::Client) {
+        let _ = self.client.set(client);
     }
 
     async fn client(&self) -> Result<kube::Client, ExchangeError> {
@@ -116,6 +148,65 @@ impl Kube {
             })
     }
 
+    /// A token of the ServiceAccount for `request.audiences`: the one requested earlier while
+    /// it is younger than 80% of its life, else a new one. Concurrent callers of one request
+    /// share one TokenRequest.
+    pub async fn account_token(
+        &self,
+        request: &AccountToken,
+        deadline: Deadline,
+    ) -> Result<SecretString, AuthError> {
+        let slot = {
+            let mut accounts = super::lock(&self.accounts);
+            if accounts.len() >= MAX_ACCOUNT_TOKENS {
+                let now = Instant::now();
+                accounts.retain(|_, slot| {
+                    slot.try_lock()
+                        .map_or(true, |c| c.as_ref().is_some_and(|(_, until)| *until > now))
+                });
+            }
+            accounts.entry(request.clone()).or_default().clone()
+        };
+        let mut cached = tokio::time::timeout_at(deadline.instant(), slot.lock())
+            .await
+            .map_err(|_| AuthError::DeadlineExceeded)?;
+        if let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        const SERVICE: &str = "Kubernetes TokenRequest";
+        let api: Api<ServiceAccount> = Api::namespaced(self.client().await?, &request.namespace);
+        let token_request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: request.audiences.clone(),
+                expiration_seconds: Some(ACCOUNT_EXPIRATION_SECONDS),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        let requested = Instant::now();
+        let params = PostParams::default();
+        let call = api.create_token_request(&request.service_account, &params, &token_request);
+        let status = tokio::time::timeout_at(deadline.instant(), call)
+            .await
+            .map_err(|_| AuthError::DeadlineExceeded)?
+            .map_err(|e| api_error(SERVICE, e))?
+            .status
+            .filter(|s| !s.token.is_empty())
+            .ok_or_else(|| {
+                AuthError::Exchange(ExchangeError {
+                    service: SERVICE,
+                    rejected: false,
+                    reason: "the answer has no status.token".to_owned(),
+                })
+            })?;
+        let life = account_token_life(status.expiration_timestamp.0.as_second());
+        let token = SecretString::new(status.token);
+        *cached = Some((token.clone(), requested + life.mul_f64(0.8)));
+        Ok(token)
+    }
+
     /// The annotations of the pod's ServiceAccount.
     pub async fn annotations(
         &self,
@@ -130,6 +221,19 @@ impl Kube {
             .map_err(|e| api_error("Kubernetes API (get ServiceAccount)", e))?;
         Ok(account.metadata.annotations.unwrap_or_default())
     }
+}
+
+/// How long a requested ServiceAccount token lives: until its `expirationTimestamp` (Unix
+/// seconds), at most what was asked for (a clock skew cannot stretch it).
+fn account_token_life(expires: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Duration::from_secs(
+        expires
+            .saturating_sub(now)
+            .clamp(0, ACCOUNT_EXPIRATION_SECONDS) as u64,
+    )
 }
 
 /// A kube error in words: the API server's own message for API errors (4xx = refused).

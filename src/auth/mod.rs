@@ -39,8 +39,13 @@ use crate::akeyless::{ApiError, ApiToken, AuthRequest, Client, Deadline};
 use crate::params::{AccessConfig, AccessType, MountConfig, PodInfo};
 use crate::secret::SecretString;
 
+pub use aws::{
+    IRSA_AUDIENCE as AWS_IRSA_AUDIENCE, POD_IDENTITY_AUDIENCE as AWS_POD_IDENTITY_AUDIENCE,
+};
+pub use azure::WORKLOAD_IDENTITY_AUDIENCE as AZURE_WORKLOAD_IDENTITY_AUDIENCE;
 pub use exchange::ExchangeError;
-pub use resolve::DEFAULT_AUDIENCE;
+pub use kube::AccountToken;
+pub use resolve::{DEFAULT_AUDIENCE, is_saas};
 pub use settings::{AuthSettings, Endpoints, ProviderCredentials};
 
 /// Token lifetime policy and the admin's identity settings.
@@ -70,13 +75,15 @@ impl Default for AuthOptions {
     }
 }
 
-/// Everything that decides which Akeyless principal a mount acts as.
+/// Everything that decides which Akeyless principal a mount acts as, and how it is reached.
 #[derive(Clone)]
 pub struct Identity {
     pub base: Url,
     pub access_type: AccessType,
     pub access_id: String,
     proof: Proof,
+    /// A controller store's own client (trust roots, cache policy); `None`: the shared one.
+    client: Option<Client>,
     key: IdentityKey,
 }
 
@@ -87,9 +94,19 @@ impl std::fmt::Debug for Identity {
             .field("access_type", &self.access_type)
             .field("access_id", &self.access_id)
             .field("proof", &self.proof.kind())
+            .field("client", &self.client.as_ref().map(Client::profile))
             .finish_non_exhaustive()
     }
 }
+
+/// The same principal, proved and reached the same way: what the token cache keys by.
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Identity {}
 
 /// What proves an identity, before any exchange. Never printed.
 #[derive(Clone)]
@@ -259,20 +276,59 @@ pub enum AuthError {
 
 impl Identity {
     fn new(base: Url, access_type: AccessType, access_id: String, proof: Proof) -> Self {
-        let mut hash = Sha256::new();
-        let mut parts = vec![base.as_str(), access_type.as_str(), access_id.as_str()];
-        parts.extend(proof.key_parts());
-        for part in parts {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part.as_bytes());
-        }
-        let key = IdentityKey(hash.finalize().into());
-        Self {
+        let mut identity = Self {
             base,
             access_type,
             access_id,
             proof,
-            key,
+            client: None,
+            key: IdentityKey([0; 32]),
+        };
+        identity.key = identity.compute_key();
+        identity
+    }
+
+    fn compute_key(&self) -> IdentityKey {
+        let mut hash = Sha256::new();
+        let profile = self
+            .client
+            .as_ref()
+            .map(Client::profile)
+            .unwrap_or_default();
+        let mut parts = vec![
+            self.base.as_str(),
+            self.access_type.as_str(),
+            self.access_id.as_str(),
+            profile.as_str(),
+        ];
+        parts.extend(self.proof.key_parts());
+        for part in parts {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        IdentityKey(hash.finalize().into())
+    }
+
+    /// This identity reached through `client` (a store's own trust roots or cache policy,
+    /// [`Client::variant`]): its logins and reads go through that client, and it is another
+    /// identity for the token cache, so neither tokens nor shared reads cross between clients.
+    pub fn through(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self.key = self.compute_key();
+        self
+    }
+
+    /// The client this identity's calls go through: its own, else `default`.
+    pub fn client<'a>(&'a self, default: &'a Client) -> &'a Client {
+        self.client.as_ref().unwrap_or(default)
+    }
+
+    /// The API URL and the client profile: the scope of answers that are not secret but must
+    /// not cross between trust roots (item types).
+    pub fn endpoint(&self) -> String {
+        match &self.client {
+            Some(client) => format!("{}\n{}", self.base, client.profile()),
+            None => self.base.to_string(),
         }
     }
 
@@ -374,6 +430,42 @@ impl Authenticator {
         resolve::identity(&self.inner.options.settings, base, access, pod)
     }
 
+    /// The admin's identity settings (who may receive the provider's own credentials).
+    pub fn settings(&self) -> &AuthSettings {
+        &self.inner.options.settings
+    }
+
+    /// Kubernetes API calls go through `client` (the controller's own) rather than a client
+    /// built from `--kube-api-url` or the environment. No effect once one is in use.
+    pub fn use_kube_client(&self, client: ::kube::Client) {
+        self.inner.kube.use_client(client);
+    }
+
+    /// A token of a ServiceAccount (bound to no pod) for the controller acting for a store:
+    /// reused until about 80% of its life, so the identity it proves keeps its key and its
+    /// Akeyless token. Needs `create serviceaccounts/token`.
+    pub async fn account_token(
+        &self,
+        request: &AccountToken,
+        deadline: Deadline,
+    ) -> Result<SecretString, AuthError> {
+        self.inner.kube.account_token(request, deadline).await
+    }
+
+    /// The annotations of a ServiceAccount (workload-identity settings). Needs
+    /// `get serviceaccounts`.
+    pub async fn account_annotations(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        deadline: Deadline,
+    ) -> Result<std::collections::BTreeMap<String, String>, AuthError> {
+        self.inner
+            .kube
+            .annotations(namespace, service_account, deadline)
+            .await
+    }
+
     /// A valid token for `identity`: the cached one, or the outcome of one shared login.
     pub async fn token(
         &self,
@@ -448,8 +540,8 @@ impl Authenticator {
                 deadline,
             };
             let result = match identity.auth_request(&login).await {
-                Ok(request) => inner
-                    .client
+                Ok(request) => identity
+                    .client(&inner.client)
                     .auth(&identity.base, &request, deadline)
                     .await
                     .map_err(AuthError::from),

@@ -248,7 +248,7 @@ pub(super) fn identity(
 
 /// Akeyless SaaS (`api.akeyless.io`, `api.eu.akeyless.io`, ...), which cannot validate a
 /// cluster's service-account tokens.
-fn is_saas(url: &Url) -> bool {
+pub fn is_saas(url: &Url) -> bool {
     url.host_str().is_some_and(|h| {
         let h = h.to_ascii_lowercase();
         h == "akeyless.io" || h.ends_with(".akeyless.io")

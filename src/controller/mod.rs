@@ -23,6 +23,7 @@
 pub mod eso;
 pub mod external_secret;
 pub mod leader;
+pub mod own;
 pub mod store;
 
 use std::collections::HashMap;
@@ -75,6 +76,9 @@ pub struct ControllerOptions {
     pub max_backoff: Duration,
     /// Leader election; `None` runs without (a single replica, tests).
     pub leader: Option<leader::LeaderOptions>,
+    /// The controller's own ServiceAccount token and cloud identity, for stores that bring no
+    /// credential (towards allowed URLs only).
+    pub own: own::OwnIdentity,
 }
 
 /// Why the controller stopped.
@@ -152,6 +156,8 @@ pub async fn run(
         metrics,
         health,
     } = parts;
+    // TokenRequests and ServiceAccount reads for stores go through the controller's client.
+    auth.use_kube_client(client.clone());
     let kinds = eso::Kinds::discover(&client).await?;
     tracing::info!(
         version = %kinds.external_secret.version,

@@ -651,7 +651,7 @@ struct GetSecretValueRequest {
     #[serde(default)]
     version: Option<i64>,
     #[serde(default, rename = "ignore-cache")]
-    _ignore_cache: Option<String>,
+    ignore_cache: Option<String>,
     #[serde(default, rename = "accessibility")]
     _accessibility: Option<String>,
 }
@@ -712,6 +712,7 @@ fn get_secret_value(shared: &Shared, request: &Value) -> Result<Value, ApiError>
                 token_fingerprint: caller.fingerprint.clone(),
                 item: name.into_owned(),
                 version: number,
+                ignore_cache: super::values::asks_past_cache(&parsed.ignore_cache),
             });
         }
     }

@@ -35,7 +35,9 @@
 //! | `POST /__emulator/expire-tokens` | every issued token becomes expired |
 //!
 //! The server is hyper's HTTP/1.1 on tokio; state sits behind `std` locks that are never held
-//! across an `.await`, and no input makes it panic.
+//! across an `.await`, and no input makes it panic. [`start_tls`] serves HTTPS instead, with a
+//! certificate for `127.0.0.1` from a CA of its own ([`EmulatorHandle::ca_pem`]): a Gateway
+//! behind a private CA.
 
 mod api;
 mod crypto;
@@ -62,7 +64,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -98,6 +100,61 @@ pub enum EmulatorError {
 
 /// Starts the emulator on `listen` (use port 0 for a free port) and returns at once.
 pub async fn start(listen: SocketAddr, seed: Seed) -> Result<EmulatorHandle, EmulatorError> {
+    start_with(listen, seed, None).await
+}
+
+/// As [`start`], serving HTTPS: a certificate for `127.0.0.1` issued by a CA generated now,
+/// whose certificate [`EmulatorHandle::ca_pem`] gives (no system root trusts it).
+pub async fn start_tls(listen: SocketAddr, seed: Seed) -> Result<EmulatorHandle, EmulatorError> {
+    let (acceptor, ca_pem) = tls_acceptor().map_err(|message| EmulatorError::Seed {
+        line: None,
+        message: format!("cannot set up TLS: {message}"),
+    })?;
+    start_with(listen, seed, Some((acceptor, ca_pem))).await
+}
+
+/// A TLS acceptor for `127.0.0.1` and the PEM of the CA behind it.
+fn tls_acceptor() -> Result<(tokio_rustls::TlsAcceptor, String), String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    fn internal(what: &'static str) -> impl Fn(crypto::CryptoError) -> String {
+        move |e| match e {
+            crypto::CryptoError::Request(m) | crypto::CryptoError::Internal(m) => {
+                format!("{what}: {m}")
+            }
+        }
+    }
+    let now = state::now_ms() / 1000;
+    let chain = crypto::CertChain::generate("the emulator's TLS", "127.0.0.1", 86_400, now)
+        .map_err(internal("CA"))?;
+    let leaf = chain.issue_leaf(now).map_err(internal("certificate"))?;
+    let certificates = crate::render::pem::parse_certificates(&leaf.chain_pem)?
+        .iter()
+        .map(|c| CertificateDer::from(c.der().to_vec()))
+        .collect();
+    let key = x509_parser::pem::Pem::iter_from_buffer(leaf.key_pem.expose().as_bytes())
+        .filter_map(Result::ok)
+        .find(|block| block.label == "PRIVATE KEY")
+        .ok_or("the generated key is not PKCS#8")?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.contents));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        chain.root_pem().to_owned(),
+    ))
+}
+
+async fn start_with(
+    listen: SocketAddr,
+    seed: Seed,
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+) -> Result<EmulatorHandle, EmulatorError> {
     seed.validate(None)?;
     let bind_error = |source| EmulatorError::Bind {
         addr: listen,
@@ -110,10 +167,12 @@ pub async fn start(listen: SocketAddr, seed: Seed) -> Result<EmulatorHandle, Emu
         message,
     })?);
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
+    let (acceptor, ca_pem) = tls.unzip();
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped, acceptor));
     Ok(EmulatorHandle {
         shared,
         addr,
+        ca_pem: ca_pem.map(Arc::from),
         control: Arc::new(Control {
             stop,
             task: Mutex::new(Some(task)),
@@ -142,6 +201,8 @@ pub async fn run(
 pub struct EmulatorHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Served over HTTPS: the CA behind its certificate.
+    ca_pem: Option<Arc<str>>,
     control: Arc<Control>,
 }
 
@@ -164,7 +225,17 @@ impl EmulatorHandle {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The CA certificate (PEM) that a client must trust, when serving HTTPS ([`start_tls`]).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The address actually bound.
@@ -276,6 +347,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -283,7 +355,25 @@ async fn accept_loop(
             _ = stop_requested(&mut stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, shared.clone(), stopped.clone()));
+                    let _ = stream.set_nodelay(true);
+                    let (shared, stopped) = (shared.clone(), stopped.clone());
+                    match &tls {
+                        None => {
+                            connections.spawn(serve_connection(stream, shared, stopped));
+                        }
+                        Some(acceptor) => {
+                            let handshake = acceptor.accept(stream);
+                            connections.spawn(async move {
+                                // A client that does not trust the CA gives up here.
+                                let Ok(Ok(stream)) =
+                                    tokio::time::timeout(Duration::from_secs(10), handshake).await
+                                else {
+                                    return;
+                                };
+                                serve_connection(stream, shared, stopped).await;
+                            });
+                        }
+                    }
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -312,12 +402,10 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // A `Reset` fault wakes this to drop the connection without answering.
     let reset = Arc::new(Notify::new());
     let service = {

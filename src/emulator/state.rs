@@ -82,6 +82,9 @@ pub struct ReadRecord {
     /// The item's canonical name (leading `/`).
     pub item: String,
     pub version: u32,
+    /// The read asked to bypass the Gateway's cache (`"ignore-cache": "true"`).
+    #[serde(default)]
+    pub ignore_cache: bool,
 }
 
 /// One token issued by `/auth`, and what it was issued for. Only fingerprints, never secrets.

@@ -208,7 +208,8 @@ async fn get_secret_value_batches_and_records_reads() {
             access_id: DEMO_ID.into(),
             token_fingerprint: fingerprint,
             item: "/demo/api/token".into(),
-            version: 3
+            version: 3,
+            ignore_cache: false,
         }
     );
     assert!(!serde_json::to_string(&stats).unwrap().contains(&token));

@@ -106,13 +106,24 @@ fn required(value: Option<String>, parameter: &str) -> Result<String, ApiError> 
         .ok_or_else(|| ApiError::missing(parameter))
 }
 
-fn read_record(caller: &Caller<'_>, item: &str, version: u32) -> ReadRecord {
+fn read_record(
+    caller: &Caller<'_>,
+    item: &str,
+    version: u32,
+    ignore_cache: &Option<String>,
+) -> ReadRecord {
     ReadRecord {
         access_id: caller.access_id().to_owned(),
         token_fingerprint: caller.fingerprint.clone(),
         item: item.to_owned(),
         version,
+        ignore_cache: asks_past_cache(ignore_cache),
     }
+}
+
+/// `ignore-cache` is the string `"true"` or `"false"` (akeyless-api.md §1.1).
+pub(crate) fn asks_past_cache(ignore_cache: &Option<String>) -> bool {
+    ignore_cache.as_deref().map(str::trim) == Some("true")
 }
 
 fn crypto_error(prefix: &str, err: CryptoError) -> ApiError {
@@ -193,7 +204,7 @@ struct GetRotatedSecretValueRequest {
     #[serde(default)]
     version: Option<i64>,
     #[serde(default, rename = "ignore-cache")]
-    _ignore_cache: Option<String>,
+    ignore_cache: Option<String>,
     #[serde(default, rename = "host")]
     _host: Option<String>,
 }
@@ -204,6 +215,7 @@ pub(crate) fn get_rotated_secret_value(
 ) -> Result<Value, ApiError> {
     const PREFIX: &str = "failed to get rotated secret value:";
     let parsed: GetRotatedSecretValueRequest = fields(request)?;
+    let ignore_cache = parsed.ignore_cache;
     let name = required(parsed.names, "names")?;
     let version = non_negative_version(parsed.version)?;
     let caller = caller(shared, request, PREFIX)?;
@@ -221,7 +233,7 @@ pub(crate) fn get_rotated_secret_value(
         let (number, found) = pick_version(shared, &caller, PREFIX, item, version)?;
         (number, found.value.clone())
     };
-    shared.record_reads(vec![read_record(&caller, &name, number)]);
+    shared.record_reads(vec![read_record(&caller, &name, number, &ignore_cache)]);
     let value = match serde_json::from_str::<Value>(&text) {
         Ok(object @ Value::Object(_)) => object,
         _ => json!({ "payload": text }),
@@ -238,12 +250,13 @@ struct GetCertificateValueRequest {
     #[serde(default)]
     version: Option<i64>,
     #[serde(default, rename = "ignore-cache")]
-    _ignore_cache: Option<String>,
+    ignore_cache: Option<String>,
 }
 
 pub(crate) fn get_certificate_value(shared: &Shared, request: &Value) -> Result<Value, ApiError> {
     const PREFIX: &str = "failed to get certificate value:";
     let parsed: GetCertificateValueRequest = fields(request)?;
+    let ignore_cache = parsed.ignore_cache;
     let name = required(parsed.name, "name")?;
     let version = non_negative_version(parsed.version)?;
     let caller = caller(shared, request, PREFIX)?;
@@ -269,7 +282,7 @@ pub(crate) fn get_certificate_value(shared: &Shared, request: &Value) -> Result<
             json!({ "certificate_pem": found.value, "private_key_pem": key }),
         )
     };
-    shared.record_reads(vec![read_record(&caller, &name, number)]);
+    shared.record_reads(vec![read_record(&caller, &name, number, &ignore_cache)]);
     Ok(body)
 }
 

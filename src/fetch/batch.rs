@@ -43,13 +43,14 @@ struct Gathering {
 /// The batches being gathered, by token and version.
 #[derive(Clone)]
 pub struct Batches {
-    client: Client,
     linger: Duration,
     gathering: Arc<Mutex<HashMap<Key, Gathering>>>,
 }
 
 /// One fetch's static read.
 pub struct Read<'a> {
+    /// The identity's client (its trust roots and read options).
+    pub client: &'a Client,
     pub base: &'a Url,
     pub token: &'a ApiToken,
     /// Tells tokens apart (the address of the caller's cached token, kept alive while it waits).
@@ -61,9 +62,8 @@ pub struct Read<'a> {
 impl Batches {
     /// `linger`: how long a batch waits for more names after its first (zero: only what arrives
     /// while the runtime is busy with other tasks of the same instant).
-    pub fn new(client: Client, linger: Duration) -> Self {
+    pub fn new(linger: Duration) -> Self {
         Self {
-            client,
             linger,
             gathering: Arc::default(),
         }
@@ -73,6 +73,7 @@ impl Batches {
     /// readers of the same token. Names Akeyless does not return are left out.
     pub async fn read(&self, read: Read<'_>, deadline: Deadline) -> Result<Values, ApiError> {
         let Read {
+            client,
             base,
             token,
             token_id,
@@ -99,9 +100,10 @@ impl Batches {
                     // being gathered is sent as it is by its own leader.
                     if let Some(full) = gathering.remove(&key) {
                         let this = self.clone();
-                        let (base, token) = (base.clone(), token.clone());
+                        let (client, base, token) = (client.clone(), base.clone(), token.clone());
                         tokio::spawn(async move {
-                            this.send(&base, &token, version, full, deadline).await;
+                            this.send(&client, &base, &token, version, full, deadline)
+                                .await;
                         });
                     }
                     gathering.insert(
@@ -117,7 +119,7 @@ impl Batches {
         };
         if leader {
             let this = self.clone();
-            let (base, token) = (base.clone(), token.clone());
+            let (client, base, token) = (client.clone(), base.clone(), token.clone());
             let key = key.clone();
             // In its own task, so a caller that gives up does not strand the others.
             tokio::spawn(async move {
@@ -128,7 +130,8 @@ impl Batches {
                 }
                 let batch = lock(&this.gathering).remove(&key);
                 if let Some(batch) = batch {
-                    this.send(&base, &token, version, batch, deadline).await;
+                    this.send(&client, &base, &token, version, batch, deadline)
+                        .await;
                 }
             });
         }
@@ -148,6 +151,7 @@ impl Batches {
     /// Makes the merged call and answers every waiter; 404s are narrowed as described above.
     async fn send(
         &self,
+        client: &Client,
         base: &Url,
         token: &ApiToken,
         version: Option<u32>,
@@ -161,8 +165,7 @@ impl Batches {
                 return;
             }
             let list: Vec<String> = names.iter().cloned().collect();
-            match self
-                .client
+            match client
                 .get_secret_values(base, token, &list, version, deadline)
                 .await
             {
@@ -205,8 +208,7 @@ impl Batches {
                             // Cannot tell whose item is missing: each waiter reads alone.
                             for (wanted, reply) in waiters {
                                 let list: Vec<String> = wanted.into_iter().collect();
-                                let result = self
-                                    .client
+                                let result = client
                                     .get_secret_values(base, token, &list, version, deadline)
                                     .await;
                                 let _ = reply.send(result);

@@ -362,7 +362,7 @@ impl Fetcher {
     pub fn new(client: Client, options: FetchOptions, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                batches: batch::Batches::new(client.clone(), options.batch_window),
+                batches: batch::Batches::new(options.batch_window),
                 client,
                 options,
                 leases: lease::Leases::new(metrics.clone()),
@@ -809,7 +809,7 @@ impl Fetcher {
             }
             ItemKind::Dynamic(_) | ItemKind::Pki(_) | ItemKind::Ssh(_) => {
                 let base = identity.base.clone();
-                let client = self.inner.client.clone();
+                let client = identity.client(&self.inner.client).clone();
                 let api_token = token.token.clone();
                 let unit_owned = unit.clone();
                 let bound = self.inner.options.mount_timeout;
@@ -914,7 +914,8 @@ impl Fetcher {
                 inner.metrics.dedup_joins.inc();
                 flight.clone()
             } else {
-                let flight = self.start_read(identity.base.clone(), token, key.clone());
+                let client = identity.client(&inner.client).clone();
+                let flight = self.start_read(client, identity.base.clone(), token, key.clone());
                 reads.inflight.insert(key, (token.clone(), flight.clone()));
                 flight
             }
@@ -927,23 +928,22 @@ impl Fetcher {
         }
     }
 
-    fn start_read(&self, base: Url, token: &Arc<CachedToken>, key: ReadKey) -> ReadFuture {
+    fn start_read(
+        &self,
+        client: Client,
+        base: Url,
+        token: &Arc<CachedToken>,
+        key: ReadKey,
+    ) -> ReadFuture {
         let inner = self.inner.clone();
         let token = token.clone();
         let command = key.op.command();
         let task = tokio::spawn(async move {
             // Bounded by the provider's own limit, not by the mount that happened to start it.
             let deadline = Deadline::after(inner.options.mount_timeout);
-            let result = execute(
-                &inner.client,
-                &inner.batches,
-                &base,
-                &token,
-                &key.op,
-                deadline,
-            )
-            .await
-            .map(Arc::new);
+            let result = execute(&client, &inner.batches, &base, &token, &key.op, deadline)
+                .await
+                .map(Arc::new);
             let mut reads = lock(&inner.reads);
             reads.inflight.remove(&key);
             let ttl = inner.options.result_cache_ttl;
@@ -991,6 +991,7 @@ async fn execute(
             batches
                 .read(
                     batch::Read {
+                        client,
                         base,
                         token,
                         token_id: Arc::as_ptr(cached) as usize,
@@ -1101,7 +1102,7 @@ fn usable(name: &str, kind: Result<ItemKind, String>) -> Result<ItemKind, FetchE
 /// Whose item types these are: types are not secret, but one identity's knowledge is not
 /// another's.
 fn type_scope(identity: &Identity) -> String {
-    format!("{}\n{}", identity.base, identity.access_id)
+    format!("{}\n{}", identity.endpoint(), identity.access_id)
 }
 
 fn unexpected(command: &str, item: &str) -> FetchError {

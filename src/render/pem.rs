@@ -23,6 +23,11 @@ pub struct Cert {
 }
 
 impl Cert {
+    /// The certificate as DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
     fn pem(&self) -> String {
         pem_block("CERTIFICATE", &self.der)
     }
