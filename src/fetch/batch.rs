@@ -1,8 +1,9 @@
 //! Static reads merged across concurrent fetches: a `/get-secret-value` of one token and one
 //! version gathers, for a short window, every name that other fetches of the same token ask
 //! for, and one call answers them all. The controller's ExternalSecrets due in one refresh
-//! round thus share one batched read per store identity instead of one each; the mount path
-//! gathers only what arrives at the same instant.
+//! round thus share one batched read per store identity instead of one each. The mount path does
+//! not merge (its window is off): a node's mounts keep their own reads, so one failed call fails
+//! one mount, and identical reads are still shared by [`super::Fetcher`].
 //!
 //! Each waiter gets the values of its own names only. A 404 that names an item fails the waiters
 //! that asked for it and the call is made again for the others; a 404 naming none is retried
@@ -43,7 +44,8 @@ struct Gathering {
 /// The batches being gathered, by token and version.
 #[derive(Clone)]
 pub struct Batches {
-    linger: Duration,
+    /// `None`: no merging, every read is its own call.
+    linger: Option<Duration>,
     gathering: Arc<Mutex<HashMap<Key, Gathering>>>,
 }
 
@@ -61,8 +63,8 @@ pub struct Read<'a> {
 
 impl Batches {
     /// `linger`: how long a batch waits for more names after its first (zero: only what arrives
-    /// while the runtime is busy with other tasks of the same instant).
-    pub fn new(linger: Duration) -> Self {
+    /// while the runtime is busy with other tasks of the same instant); `None` merges nothing.
+    pub fn new(linger: Option<Duration>) -> Self {
         Self {
             linger,
             gathering: Arc::default(),
@@ -80,6 +82,11 @@ impl Batches {
             names,
             version,
         } = read;
+        let Some(linger) = self.linger else {
+            return client
+                .get_secret_values(base, token, names, version, deadline)
+                .await;
+        };
         let key = Key {
             token: token_id,
             version,
@@ -123,10 +130,10 @@ impl Batches {
             let key = key.clone();
             // In its own task, so a caller that gives up does not strand the others.
             tokio::spawn(async move {
-                if this.linger.is_zero() {
+                if linger.is_zero() {
                     tokio::task::yield_now().await;
                 } else {
-                    tokio::time::sleep(this.linger).await;
+                    tokio::time::sleep(linger).await;
                 }
                 let batch = lock(&this.gathering).remove(&key);
                 if let Some(batch) = batch {
@@ -230,4 +237,118 @@ impl Batches {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::akeyless::{AuthRequest, ClientOptions};
+    use crate::emulator::{self, Seed};
+    use crate::secret::SecretString;
+    use crate::telemetry::metrics::Metrics;
+
+    async fn setup() -> (emulator::EmulatorHandle, Client, Url, ApiToken) {
+        let seed = Seed::from_yaml(
+            "auth_methods:\n  - {access_id: p-batch, access_type: access_key, access_key: k, read: [\"/*\"]}\nitems:\n  - {name: /a, value: A}\n  - {name: /b, value: B}\n  - {name: /c, value: C}\n",
+        )
+        .unwrap();
+        let akeyless = emulator::start(([127, 0, 0, 1], 0).into(), seed)
+            .await
+            .unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        let base = Url::parse(&akeyless.url()).unwrap();
+        let login = AuthRequest {
+            access_type: "access_key".into(),
+            access_id: "p-batch".into(),
+            access_key: Some(SecretString::new("k")),
+            ..AuthRequest::default()
+        };
+        let token = client
+            .auth(&base, &login, Deadline::after(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .token;
+        (akeyless, client, base, ApiToken::Token(token))
+    }
+
+    async fn read_all(
+        batches: &Batches,
+        client: &Client,
+        base: &Url,
+        token: &ApiToken,
+        sets: &[&[&str]],
+    ) -> Vec<Result<Values, ApiError>> {
+        let names: Vec<Vec<String>> = sets
+            .iter()
+            .map(|set| set.iter().map(|s| s.to_string()).collect())
+            .collect();
+        let reads = names.iter().map(|names| {
+            batches.read(
+                Read {
+                    client,
+                    base,
+                    token,
+                    token_id: 1,
+                    names,
+                    version: None,
+                },
+                Deadline::after(Duration::from_secs(5)),
+            )
+        });
+        futures::future::join_all(reads).await
+    }
+
+    fn text(values: &Values, name: &str) -> String {
+        String::from_utf8(values[name].expose().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_of_one_token_share_one_call_and_get_their_own_names() {
+        let (akeyless, client, base, token) = setup().await;
+        let batches = Batches::new(Some(Duration::from_millis(50)));
+        let results = read_all(
+            &batches,
+            &client,
+            &base,
+            &token,
+            &[&["/a"], &["/b", "/c"], &["/a", "/c"]],
+        )
+        .await;
+        assert_eq!(akeyless.calls("get-secret-value"), 1, "one merged call");
+        let values: Vec<Values> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values[0].keys().collect::<Vec<_>>(), ["/a"]);
+        assert_eq!(text(&values[1], "/b"), "B");
+        assert_eq!(text(&values[2], "/c"), "C");
+        assert_eq!(values[2].len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_item_fails_only_the_reads_that_asked_for_it() {
+        let (_akeyless, client, base, token) = setup().await;
+        let batches = Batches::new(Some(Duration::from_millis(50)));
+        let results = read_all(
+            &batches,
+            &client,
+            &base,
+            &token,
+            &[&["/a"], &["/b", "/gone"], &["/c"]],
+        )
+        .await;
+        assert_eq!(text(results[0].as_ref().unwrap(), "/a"), "A");
+        assert!(
+            matches!(results[1], Err(ApiError::NotFound { .. })),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(text(results[2].as_ref().unwrap(), "/c"), "C");
+    }
+
+    #[tokio::test]
+    async fn without_a_window_every_read_is_its_own_call() {
+        let (akeyless, client, base, token) = setup().await;
+        let batches = Batches::new(None);
+        let results = read_all(&batches, &client, &base, &token, &[&["/a"], &["/b"]]).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(akeyless.calls("get-secret-value"), 2);
+    }
 }

@@ -39,8 +39,9 @@ pub struct FetchOptions {
     /// How long a read's result may answer identical reads of the same token (0 = off).
     pub result_cache_ttl: Duration,
     /// How long a static read waits for other fetches of the same token to join it (0: only
-    /// those of the same instant): the controller's refresh rounds batch across ExternalSecrets.
-    pub batch_window: Duration,
+    /// those of the same instant; `None`: no merging, the mount path): the controller's refresh
+    /// rounds batch across ExternalSecrets.
+    pub batch_window: Option<Duration>,
 }
 
 /// How long an item's type is remembered. Types do not change; an item deleted and created

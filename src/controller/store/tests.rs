@@ -998,7 +998,7 @@ async fn one_login_per_token_life_and_reads_keep_their_store_cache_policy() {
         FetchOptions {
             mount_timeout: Duration::from_secs(5),
             result_cache_ttl: Duration::ZERO,
-            batch_window: std::time::Duration::ZERO,
+            batch_window: None,
         },
         Metrics::new(),
     );
