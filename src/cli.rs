@@ -275,6 +275,10 @@ pub struct ControllerArgs {
     /// Reconciles under way at once, per kind.
     #[arg(long, env = "AKEYLESS_CSI_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// How long a static read waits for other ExternalSecrets of the same store identity to
+    /// join it: those due in one refresh round share one batched /get-secret-value.
+    #[arg(long, env = "AKEYLESS_CSI_BATCH_WINDOW", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub batch_window: Duration,
     /// Longest time one ExternalSecret's refresh may take (logins, reads, the write).
     #[arg(long, env = "AKEYLESS_CSI_REFRESH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub refresh_timeout: Duration,

@@ -57,6 +57,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 fetch::FetchOptions {
                     mount_timeout: args.refresh_timeout,
                     result_cache_ttl: std::time::Duration::ZERO,
+                    batch_window: args.batch_window,
                 },
                 metrics.clone(),
             );

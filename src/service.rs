@@ -73,6 +73,7 @@ impl Provider {
                     FetchOptions {
                         mount_timeout: options.mount_timeout,
                         result_cache_ttl: options.result_cache_ttl,
+                        batch_window: Duration::ZERO,
                     },
                     metrics.clone(),
                 ),

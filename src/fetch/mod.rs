@@ -9,6 +9,7 @@
 //! are shared; a missing optional item is reported as absent, and any other failure fails the
 //! whole fetch.
 
+pub mod batch;
 pub mod issue;
 pub mod lease;
 
@@ -37,6 +38,9 @@ pub struct FetchOptions {
     pub mount_timeout: Duration,
     /// How long a read's result may answer identical reads of the same token (0 = off).
     pub result_cache_ttl: Duration,
+    /// How long a static read waits for other fetches of the same token to join it (0: only
+    /// those of the same instant): the controller's refresh rounds batch across ExternalSecrets.
+    pub batch_window: Duration,
 }
 
 /// How long an item's type is remembered. Types do not change; an item deleted and created
@@ -343,6 +347,7 @@ struct Inner {
     reads: Mutex<Reads>,
     types: Mutex<Types>,
     leases: lease::Leases,
+    batches: batch::Batches,
 }
 
 /// A reference to one item by an object.
@@ -357,6 +362,7 @@ impl Fetcher {
     pub fn new(client: Client, options: FetchOptions, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                batches: batch::Batches::new(client.clone(), options.batch_window),
                 client,
                 options,
                 leases: lease::Leases::new(metrics.clone()),
@@ -928,9 +934,16 @@ impl Fetcher {
         let task = tokio::spawn(async move {
             // Bounded by the provider's own limit, not by the mount that happened to start it.
             let deadline = Deadline::after(inner.options.mount_timeout);
-            let result = execute(&inner.client, &base, &token, &key.op, deadline)
-                .await
-                .map(Arc::new);
+            let result = execute(
+                &inner.client,
+                &inner.batches,
+                &base,
+                &token,
+                &key.op,
+                deadline,
+            )
+            .await
+            .map(Arc::new);
             let mut reads = lock(&inner.reads);
             reads.inflight.remove(&key);
             let ttl = inner.options.result_cache_ttl;
@@ -965,16 +978,27 @@ impl Fetcher {
 
 async fn execute(
     client: &Client,
+    batches: &batch::Batches,
     base: &Url,
-    token: &CachedToken,
+    cached: &Arc<CachedToken>,
     op: &Op,
     deadline: Deadline,
 ) -> Result<Answer, ApiError> {
-    let token = &token.token;
+    let token = &cached.token;
     Ok(match op {
+        // Merged with other fetches' static reads of the same token and version.
         Op::Values { version, names } => Answer::Values(
-            client
-                .get_secret_values(base, token, names, *version, deadline)
+            batches
+                .read(
+                    batch::Read {
+                        base,
+                        token,
+                        token_id: Arc::as_ptr(cached) as usize,
+                        names,
+                        version: *version,
+                    },
+                    deadline,
+                )
                 .await?,
         ),
         Op::Rotated { name, version } => Answer::Json(
