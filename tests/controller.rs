@@ -46,6 +46,13 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
     )
 }
 
+/// The Akeyless emulator with [`seed`], on a port of its own.
+async fn emulator() -> akeyless_csi_provider::emulator::EmulatorHandle {
+    akeyless_csi_provider::emulator::start(([127, 0, 0, 1], 0).into(), seed())
+        .await
+        .expect("emulator starts")
+}
+
 async fn setup() -> Option<&'static ControlPlane> {
     let cp = control_plane::shared().await?;
     cp.install_crds().await;
@@ -57,9 +64,7 @@ async fn setup() -> Option<&'static ControlPlane> {
 #[tokio::test]
 async fn the_manifests_of_esos_akeyless_docs_work_unchanged() {
     let Some(cp) = setup().await else { return };
-    let akeyless = akeyless_csi_provider::emulator::start(([127, 0, 0, 1], 0).into(), seed())
-        .await
-        .expect("emulator starts");
+    let akeyless = emulator().await;
     let ns = cp.namespace("docs").await;
     let client = cp.client().await;
     let url = akeyless.url();
@@ -297,9 +302,7 @@ async fn leader_gauge(controller: &Controller) -> Option<String> {
 async fn two_replicas_under_the_shipped_rbac_hand_over_the_lease() {
     let Some(cp) = setup().await else { return };
     let identity = shipped_identity(cp).await;
-    let akeyless = akeyless_csi_provider::emulator::start(([127, 0, 0, 1], 0).into(), seed())
-        .await
-        .expect("emulator starts");
+    let akeyless = emulator().await;
     let url = akeyless.url();
     let ns = cp.namespace("lease").await;
     let client = cp.client().await;

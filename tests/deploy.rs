@@ -480,6 +480,15 @@ fn rules(role: &ClusterRole) -> Vec<PolicyRule> {
     role.rules.clone().unwrap_or_default()
 }
 
+/// The ClusterRoles of a rendering: name → rules.
+fn cluster_roles(objects: &Objects) -> BTreeMap<String, Vec<PolicyRule>> {
+    objects
+        .cluster_roles
+        .iter()
+        .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
+        .collect()
+}
+
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     let s = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
     PolicyRule {
@@ -697,11 +706,7 @@ fn check_controller(
     if token_request {
         expected.insert(format!("{CONTROLLER}-token-request"), token_request_rules());
     }
-    let actual: BTreeMap<String, Vec<PolicyRule>> = objects
-        .cluster_roles
-        .iter()
-        .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-        .collect();
+    let actual = cluster_roles(objects);
     assert_eq!(actual, expected, "{what}: the controller's ClusterRoles");
     assert_eq!(objects.roles.len(), 1, "{what}: one Role");
     let role = &objects.roles[0];
@@ -788,11 +793,7 @@ fn check_rendering(objects: &Objects, providers_dir: &str, what: &str) -> Daemon
     if args.identity.token_request {
         expected.insert(format!("{NAME}-token-request"), token_request_rules());
     }
-    let actual: BTreeMap<String, Vec<PolicyRule>> = objects
-        .cluster_roles
-        .iter()
-        .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-        .collect();
+    let actual = cluster_roles(objects);
     assert_eq!(actual, expected, "{what}: ClusterRoles");
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -1247,6 +1248,18 @@ fn set(values: &mut Value, path: &str, value: Value) {
     *v = value;
 }
 
+/// Sets every value `overrides` names (objects merge, anything else replaces), as `-f` does.
+fn overlay_values(values: &mut Value, overrides: Value) {
+    match (values, overrides) {
+        (Value::Object(values), Value::Object(overrides)) => {
+            for (key, value) in overrides {
+                overlay_values(values.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (values, overrides) => *values = overrides,
+    }
+}
+
 fn chart_values() -> Value {
     let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
     serde_norway::from_str(&text).expect("values.yaml")
@@ -1302,15 +1315,9 @@ fn assert_in_step(chart: &Objects, overlay: &str, what: &str) {
         serde_json::to_string_pretty(&spec(chart)).unwrap(),
         serde_json::to_string_pretty(&spec(&kust)).unwrap()
     );
-    let roles = |o: &Objects| -> BTreeMap<String, Vec<PolicyRule>> {
-        o.cluster_roles
-            .iter()
-            .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-            .collect()
-    };
     assert_eq!(
-        roles(chart),
-        roles(&kust),
+        cluster_roles(chart),
+        cluster_roles(&kust),
         "{what}: ClusterRoles vs overlay {overlay}"
     );
     assert_eq!(
@@ -1379,15 +1386,9 @@ fn assert_controller_in_step(chart: &Objects, overlay: &str, what: &str) {
             "{what}: the chart's {kind} differs from overlay {overlay}'s"
         );
     }
-    let roles = |o: &Objects| -> BTreeMap<String, Vec<PolicyRule>> {
-        o.cluster_roles
-            .iter()
-            .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-            .collect()
-    };
     assert_eq!(
-        roles(chart),
-        roles(&kust),
+        cluster_roles(chart),
+        cluster_roles(&kust),
         "{what}: ClusterRoles vs overlay {overlay}"
     );
 }
@@ -1427,54 +1428,31 @@ fn helm_chart_controller_matches_the_controller_overlays() {
 #[test]
 fn helm_chart_controller_values_reach_the_controller() {
     let mut v = chart_values();
-    set(&mut v, "controller.enabled", json!(true));
-    set(&mut v, "controller.replicas", json!(3));
-    set(&mut v, "controller.class", json!("akeyless-team-a"));
-    set(&mut v, "controller.skipUnclassed", json!(true));
-    set(&mut v, "controller.namespace", json!("team-a"));
-    set(&mut v, "controller.metrics.port", json!(9200));
-    set(
+    overlay_values(
         &mut v,
-        "controller.extraArgs",
-        json!(["--concurrency=8", "--store-revalidate=10m"]),
+        json!({
+            "controller": {
+                "enabled": true,
+                "replicas": 3,
+                "class": "akeyless-team-a",
+                "skipUnclassed": true,
+                "namespace": "team-a",
+                "metrics": {"port": 9200},
+                "extraArgs": ["--concurrency=8", "--store-revalidate=10m"],
+                "extraEnv": [{"name": "AKEYLESS_CSI_MIN_BACKOFF", "value": "10s"}],
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                    "limits": {"cpu": "2", "memory": "512Mi"},
+                },
+                "priorityClassName": "system-cluster-critical",
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "podAnnotations": {"example.com/team": "platform"},
+            },
+            "akeylessURL": "https://gw.example:8000/api/v2",
+            "allowedGatewayURLs": ["https://gw-b.example:8081"],
+            "serviceMonitor": {"enabled": true},
+        }),
     );
-    set(
-        &mut v,
-        "controller.extraEnv",
-        json!([{"name": "AKEYLESS_CSI_MIN_BACKOFF", "value": "10s"}]),
-    );
-    set(
-        &mut v,
-        "controller.resources",
-        json!({"requests": {"cpu": "100m", "memory": "128Mi"},
-               "limits": {"cpu": "2", "memory": "512Mi"}}),
-    );
-    set(
-        &mut v,
-        "controller.priorityClassName",
-        json!("system-cluster-critical"),
-    );
-    set(
-        &mut v,
-        "controller.tolerations",
-        json!([{"key": "dedicated", "operator": "Exists"}]),
-    );
-    set(
-        &mut v,
-        "controller.podAnnotations",
-        json!({"example.com/team": "platform"}),
-    );
-    set(
-        &mut v,
-        "akeylessURL",
-        json!("https://gw.example:8000/api/v2"),
-    );
-    set(
-        &mut v,
-        "allowedGatewayURLs",
-        json!(["https://gw-b.example:8081"]),
-    );
-    set(&mut v, "serviceMonitor.enabled", json!(true));
     let what = "chart controller (all values set)";
     let mut objects = chart_objects(&v, what);
     let controller = objects.take_controller();
