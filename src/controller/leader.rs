@@ -251,19 +251,21 @@ impl Lease {
             if held && fence.is_some_and(|f| f > SystemTime::now()) {
                 return Ok(());
             }
-            tokio::select! {
-                changed = self.held.changed() => if changed.is_err() {
-                    let reason = match (&mut self.task).await {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "the lease manager stopped".to_owned(),
-                    };
-                    return Err(LeaderError::Lease {
-                        namespace: self.namespace.clone(),
-                        name: self.name.clone(),
-                        reason,
-                    });
-                },
-                _ = self.claims.changed() => {}
+            // Either channel closes only when the lease manager's task has ended.
+            let stopped = tokio::select! {
+                changed = self.held.changed() => changed.is_err(),
+                changed = self.claims.changed() => changed.is_err(),
+            };
+            if stopped {
+                let reason = match (&mut self.task).await {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the lease manager stopped".to_owned(),
+                };
+                return Err(LeaderError::Lease {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    reason,
+                });
             }
         }
     }
