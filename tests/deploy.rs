@@ -1,8 +1,8 @@
 //! The deployment files: every kustomize overlay renders, every object parses as its Kubernetes
-//! type (k8s-openapi, round-tripped so a misplaced or misspelt field fails), the DaemonSet carries
-//! the security settings, probes and flags the provider needs, RBAC is granted exactly where a
-//! feature needs it, and the Helm chart's templates render the same DaemonSet and RBAC as the
-//! overlays.
+//! type (k8s-openapi, round-tripped so a misplaced or misspelt field fails), the DaemonSet and the
+//! controller's Deployment carry the security settings, probes and flags they need (their
+//! arguments parsed by the real CLI), RBAC is granted exactly where a feature needs it, and the
+//! Helm chart's templates render the same DaemonSet, Deployment and RBAC as the overlays.
 //!
 //! Rendering needs `kubectl` (it contains kustomize): `$KUBECTL`, else `kubectl` on PATH, else
 //! `target/tools/kubectl/bin/kubectl`, which `.ci/kubectl` installs. Without one the overlay tests
@@ -17,16 +17,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
-use akeyless_csi_provider::cli::{Cli, Command, HttpAddr, ServeArgs};
+use akeyless_csi_provider::cli::{Cli, Command, ControllerArgs, HttpAddr, ServeArgs};
 use clap::{CommandFactory, Parser};
+use k8s_openapi::Metadata;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Container, Namespace, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, PodSecurityContext, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "akeyless-csi-provider";
 const NAME: &str = "akeyless-csi-provider";
+/// The controller's Deployment, ServiceAccount, ClusterRole and Lease.
+const CONTROLLER: &str = "akeyless-csi-provider-controller";
 const UPSTREAM_DIR: &str = "/var/run/secrets-store-csi-providers";
 const AKS_DIR: &str = "/etc/kubernetes/secrets-store-csi-providers";
 
@@ -129,18 +138,67 @@ where
 }
 
 /// The typed objects of one rendering.
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 struct Objects {
     namespaces: Vec<Namespace>,
     service_accounts: Vec<ServiceAccount>,
     daemon_sets: Vec<DaemonSet>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
     services: Vec<Service>,
     deployments: Vec<Deployment>,
+    pod_disruption_budgets: Vec<PodDisruptionBudget>,
     secrets: Vec<Secret>,
     /// Custom resources (SecretProviderClass, ServiceMonitor), untyped.
     custom: Vec<Value>,
+}
+
+/// The controller's objects are labelled `app.kubernetes.io/component: controller` (its metrics
+/// Service and ServiceMonitor `controller-metrics`); the provider's are not.
+fn is_controller(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get("app.kubernetes.io/component"))
+        .is_some_and(|c| c.starts_with("controller"))
+}
+
+fn take_controller<T: Metadata<Ty = ObjectMeta>>(objects: &mut Vec<T>) -> Vec<T> {
+    let (controller, rest) = std::mem::take(objects)
+        .into_iter()
+        .partition(|o| is_controller(o.metadata().labels.as_ref()));
+    *objects = rest;
+    controller
+}
+
+impl Objects {
+    /// Moves the controller's objects out; the provider's (and the Namespace) stay.
+    fn take_controller(&mut self) -> Objects {
+        let (custom, rest) = std::mem::take(&mut self.custom).into_iter().partition(|d| {
+            let labels: Option<BTreeMap<String, String>> =
+                serde_json::from_value(d["metadata"]["labels"].clone()).ok();
+            is_controller(labels.as_ref())
+        });
+        self.custom = rest;
+        Objects {
+            namespaces: take_controller(&mut self.namespaces),
+            service_accounts: take_controller(&mut self.service_accounts),
+            daemon_sets: take_controller(&mut self.daemon_sets),
+            cluster_roles: take_controller(&mut self.cluster_roles),
+            cluster_role_bindings: take_controller(&mut self.cluster_role_bindings),
+            roles: take_controller(&mut self.roles),
+            role_bindings: take_controller(&mut self.role_bindings),
+            services: take_controller(&mut self.services),
+            deployments: take_controller(&mut self.deployments),
+            pod_disruption_budgets: take_controller(&mut self.pod_disruption_budgets),
+            secrets: take_controller(&mut self.secrets),
+            custom,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Objects::default()
+    }
 }
 
 fn parse_all(docs: &[Value], what: &str) -> Objects {
@@ -159,6 +217,13 @@ fn parse_all(docs: &[Value], what: &str) -> Objects {
             }
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 o.cluster_role_bindings.push(typed(doc, &what))
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => o.roles.push(typed(doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                o.role_bindings.push(typed(doc, &what))
+            }
+            ("policy/v1", "PodDisruptionBudget") => {
+                o.pod_disruption_budgets.push(typed(doc, &what))
             }
             ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass")
             | ("monitoring.coreos.com/v1", "ServiceMonitor") => o.custom.push(doc.clone()),
@@ -185,21 +250,33 @@ fn serve_flags() -> BTreeSet<String> {
         .collect()
 }
 
-/// The container's arguments, parsed by the provider's own CLI.
-fn serve_args(container: &Container, what: &str) -> ServeArgs {
+/// The container's arguments, parsed by the binary's own CLI (the image's entrypoint).
+fn cli_args(container: &Container, what: &str) -> Cli {
     let args = container.args.clone().unwrap_or_default();
     let argv = std::iter::once(NAME.to_owned())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>();
-    let cli = Cli::try_parse_from(&argv)
-        .unwrap_or_else(|e| panic!("{what}: the provider refuses its arguments {args:?}: {e}"));
     assert_eq!(
         container.command, None,
         "{what}: keep the image's entrypoint"
     );
-    match cli.command {
+    Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("{what}: the binary refuses its arguments {args:?}: {e}"))
+}
+
+/// The provider container's arguments: `serve` and its flags.
+fn serve_args(container: &Container, what: &str) -> ServeArgs {
+    match cli_args(container, what).command {
         Command::Serve(serve) => serve,
         other => panic!("{what}: runs {other:?}, not serve"),
+    }
+}
+
+/// The controller container's arguments: `controller` and its flags.
+fn controller_args(container: &Container, what: &str) -> ControllerArgs {
+    match cli_args(container, what).command {
+        Command::Controller(args) => args,
+        other => panic!("{what}: runs {other:?}, not controller"),
     }
 }
 
@@ -254,50 +331,14 @@ fn check_daemon_set(ds: &DaemonSet, providers_dir: &str, what: &str) -> ServeArg
     let containers = &pod.containers;
     assert_eq!(containers.len(), 1, "{what}: one container");
     let c = &containers[0];
-    let sc = c.security_context.clone().unwrap_or_default();
-    assert_ne!(sc.privileged, Some(true), "{what}: privileged");
-    assert_eq!(
-        sc.allow_privilege_escalation,
-        Some(false),
-        "{what}: allowPrivilegeEscalation: false"
-    );
-    assert_eq!(
-        sc.read_only_root_filesystem,
-        Some(true),
-        "{what}: readOnlyRootFilesystem: true"
-    );
-    let caps = sc.capabilities.clone().unwrap_or_default();
-    assert_eq!(
-        caps.drop,
-        Some(vec!["ALL".to_owned()]),
-        "{what}: capabilities.drop [ALL]"
-    );
-    assert!(
-        caps.add.unwrap_or_default().is_empty(),
-        "{what}: no capabilities added"
-    );
-    let seccomp = sc.seccomp_profile.or(pod_sc.seccomp_profile.clone());
-    assert_eq!(
-        seccomp.map(|s| s.type_),
-        Some("RuntimeDefault".to_owned()),
-        "{what}: seccompProfile RuntimeDefault"
-    );
+    let sc = check_hardened(c, &pod_sc, what);
     // uid 0 is deliberate (docs/deploy.md, "Why uid 0"): stated, not inherited from the image.
     assert_eq!(
         sc.run_as_user.or(pod_sc.run_as_user),
         Some(0),
         "{what}: runAsUser stated"
     );
-
-    // Resources: requests and a memory limit.
-    let res = c.resources.clone().unwrap_or_default();
-    let requests = res.requests.unwrap_or_default();
-    let limits = res.limits.unwrap_or_default();
-    assert!(
-        requests.contains_key("cpu") && requests.contains_key("memory"),
-        "{what}: cpu and memory requests"
-    );
-    assert!(limits.contains_key("memory"), "{what}: a memory limit");
+    check_resources(c, what);
 
     // The flags, parsed by the provider itself.
     let args = serve_args(c, what);
@@ -333,8 +374,83 @@ fn check_daemon_set(ds: &DaemonSet, providers_dir: &str, what: &str) -> ServeArg
     // only the socket and the key.
     assert_eq!(mounts.len(), 1, "{what}: unexpected mounts {mounts:?}");
 
-    // Probes on the HTTP port the provider listens on.
-    let HttpAddr::On(addr) = args.http_addr else {
+    check_probes(c, &args.http_addr, what);
+    args
+}
+
+/// What the provider's and the controller's containers share: no privilege, no escalation, a
+/// read-only root, no capabilities, seccomp RuntimeDefault. Returns the container's context.
+fn check_hardened(
+    c: &Container,
+    pod_sc: &PodSecurityContext,
+    what: &str,
+) -> k8s_openapi::api::core::v1::SecurityContext {
+    let sc = c.security_context.clone().unwrap_or_default();
+    assert_ne!(sc.privileged, Some(true), "{what}: privileged");
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{what}: allowPrivilegeEscalation: false"
+    );
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{what}: readOnlyRootFilesystem: true"
+    );
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    assert_eq!(
+        caps.drop,
+        Some(vec!["ALL".to_owned()]),
+        "{what}: capabilities.drop [ALL]"
+    );
+    assert!(
+        caps.add.unwrap_or_default().is_empty(),
+        "{what}: no capabilities added"
+    );
+    let seccomp = sc
+        .seccomp_profile
+        .clone()
+        .or(pod_sc.seccomp_profile.clone());
+    assert_eq!(
+        seccomp.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned()),
+        "{what}: seccompProfile RuntimeDefault"
+    );
+    sc
+}
+
+/// Resources: cpu and memory requests and a memory limit; returns (requests, limits).
+fn check_resources(
+    c: &Container,
+    what: &str,
+) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
+    let res = c.resources.clone().unwrap_or_default();
+    let requests = res.requests.unwrap_or_default();
+    let limits = res.limits.unwrap_or_default();
+    assert!(
+        requests.contains_key("cpu") && requests.contains_key("memory"),
+        "{what}: cpu and memory requests"
+    );
+    assert!(limits.contains_key("memory"), "{what}: a memory limit");
+    (requests, limits)
+}
+
+/// A memory quantity in MiB (the binary suffixes and plain bytes the manifests use).
+fn mebibytes(q: &Quantity) -> f64 {
+    let s = q.0.as_str();
+    let (number, factor) = [("Ki", 1.0 / 1024.0), ("Mi", 1.0), ("Gi", 1024.0)]
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1.0 / (1024.0 * 1024.0)));
+    number
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("quantity {s}"))
+        * factor
+}
+
+/// Probes on the HTTP port `--http-addr` listens on: liveness /healthz, readiness /readyz.
+fn check_probes(c: &Container, http_addr: &HttpAddr, what: &str) {
+    let HttpAddr::On(addr) = http_addr else {
         panic!("{what}: --http-addr off, but the probes need it")
     };
     let port = c
@@ -353,18 +469,24 @@ fn check_daemon_set(ds: &DaemonSet, providers_dir: &str, what: &str) -> ServeArg
             .unwrap_or_else(|| panic!("{what}: an HTTP probe on {path}"));
         assert_eq!(get.path.as_deref(), Some(path), "{what}");
         let port_ok = match &get.port {
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s == "http",
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
-                *n == i32::from(addr.port())
-            }
+            IntOrString::String(s) => s == "http",
+            IntOrString::Int(n) => *n == i32::from(addr.port()),
         };
         assert!(port_ok, "{what}: probe {path} on another port");
     }
-    args
 }
 
 fn rules(role: &ClusterRole) -> Vec<PolicyRule> {
     role.rules.clone().unwrap_or_default()
+}
+
+/// The ClusterRoles of a rendering: name → rules.
+fn cluster_roles(objects: &Objects) -> BTreeMap<String, Vec<PolicyRule>> {
+    objects
+        .cluster_roles
+        .iter()
+        .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
+        .collect()
 }
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
@@ -393,6 +515,243 @@ fn token_request_rules() -> Vec<PolicyRule> {
         rule(&[""], &["serviceaccounts/token"], &["create"]),
         rule(&[""], &["serviceaccounts"], &["get"]),
     ]
+}
+
+/// The controller's cluster-wide rules: exactly the calls it makes (docs/deploy.md, "The
+/// controller's RBAC").
+fn controller_rules() -> Vec<PolicyRule> {
+    let eso = "external-secrets.io";
+    vec![
+        rule(
+            &[eso],
+            &["secretstores", "clustersecretstores", "externalsecrets"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &[eso],
+            &[
+                "secretstores/status",
+                "clustersecretstores/status",
+                "externalsecrets/status",
+            ],
+            &["patch"],
+        ),
+        rule(&[eso], &["externalsecrets/finalizers"], &["update"]),
+        rule(
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch", "create", "update", "delete"],
+        ),
+        rule(&[""], &["configmaps"], &["get"]),
+        rule(&[""], &["namespaces"], &["get"]),
+        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Leader election in the controller's own namespace: what kube-lease-manager calls.
+fn leader_election_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "create", "patch"],
+    )]
+}
+
+/// Checks the controller's objects of one rendering; returns its Deployment and arguments.
+fn check_controller(
+    objects: &Objects,
+    token_request: bool,
+    what: &str,
+) -> (Deployment, ControllerArgs) {
+    assert_eq!(objects.deployments.len(), 1, "{what}: one Deployment");
+    assert_eq!(
+        objects.service_accounts.len(),
+        1,
+        "{what}: its ServiceAccount"
+    );
+    let (deployment, sa) = (&objects.deployments[0], &objects.service_accounts[0]);
+    for meta in [&deployment.metadata, &sa.metadata] {
+        assert_eq!(meta.name.as_deref(), Some(CONTROLLER), "{what}");
+        assert_eq!(meta.namespace.as_deref(), Some(NAMESPACE), "{what}");
+    }
+    let spec = deployment.spec.as_ref().expect("spec");
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    for (k, v) in &selector {
+        assert_eq!(pod_labels.get(k), Some(v), "{what}: pod labels miss {k}");
+    }
+    // Never the provider's pods: the DaemonSet selects component=provider.
+    assert_eq!(
+        selector
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("controller"),
+        "{what}: the selector names the controller"
+    );
+    // A rollout starts the new replica before stopping an old one.
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    assert_eq!(
+        rolling.and_then(|r| r.max_unavailable.clone()),
+        Some(IntOrString::Int(0)),
+        "{what}: maxUnavailable 0"
+    );
+
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(CONTROLLER),
+        "{what}: its own ServiceAccount, not the provider's"
+    );
+    assert_eq!(pod.automount_service_account_token, Some(true), "{what}");
+    assert_eq!(sa.automount_service_account_token, Some(true), "{what}");
+    assert_ne!(pod.host_network, Some(true), "{what}: hostNetwork");
+    assert_ne!(pod.host_pid, Some(true), "{what}: hostPID");
+    assert_ne!(pod.host_ipc, Some(true), "{what}: hostIPC");
+    assert!(pod.init_containers.is_none(), "{what}: no init containers");
+    assert!(
+        pod.volumes.is_none(),
+        "{what}: no volumes: the controller writes no file"
+    );
+    assert_eq!(pod.containers.len(), 1, "{what}: one container");
+    let c = &pod.containers[0];
+    assert!(c.volume_mounts.is_none(), "{what}: no mounts");
+
+    // Hardened, and not root: the image's nonroot user, stated.
+    let pod_sc = pod.security_context.clone().unwrap_or_default();
+    let sc = check_hardened(c, &pod_sc, what);
+    assert_eq!(
+        sc.run_as_non_root.or(pod_sc.run_as_non_root),
+        Some(true),
+        "{what}: runAsNonRoot"
+    );
+    let uid = sc.run_as_user.or(pod_sc.run_as_user);
+    assert!(uid.is_some_and(|u| u != 0), "{what}: a non-root runAsUser");
+
+    // Sized from the benchmark: 1,000 ExternalSecrets within 64 MiB.
+    let (requests, limits) = check_resources(c, what);
+    let (request, limit) = (mebibytes(&requests["memory"]), mebibytes(&limits["memory"]));
+    assert!(request >= 64.0, "{what}: memory request {request} MiB < 64");
+    assert!(limit >= 2.0 * request, "{what}: memory limit {limit} MiB");
+
+    // Replicas on different nodes.
+    let spread = pod.topology_spread_constraints.clone().unwrap_or_default();
+    assert!(
+        spread.iter().any(|t| {
+            let matched = t
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            t.topology_key == "kubernetes.io/hostname"
+                && t.max_skew == 1
+                && t.when_unsatisfiable == "DoNotSchedule"
+                && t.node_taints_policy.as_deref() == Some("Honor")
+                && matched == selector
+        }),
+        "{what}: replicas spread over nodes: {spread:?}"
+    );
+
+    // The downward API gives the Lease its identity and namespace.
+    let env = c.env.clone().unwrap_or_default();
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let field = env
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some(path), "{what}: {name} from the downward API");
+    }
+
+    // The flags, parsed by the controller itself.
+    let args = controller_args(c, what);
+    check_probes(c, &args.http_addr, what);
+    assert!(args.leader_election, "{what}: leader election");
+    let options = args.options(Some(NAMESPACE.to_owned()));
+    let leader = options.leader.as_ref().expect("leader election");
+    assert_eq!(
+        leader.namespace, NAMESPACE,
+        "{what}: the Lease lives in the pod's namespace, where the Role grants it"
+    );
+    assert_eq!(leader.name, CONTROLLER, "{what}: the Lease");
+    assert!(
+        leader.duration < std::time::Duration::from_secs(15),
+        "{what}: a standby takes over within about 15 s"
+    );
+
+    // Disruptions: one replica at a time.
+    assert_eq!(objects.pod_disruption_budgets.len(), 1, "{what}: a PDB");
+    let pdb = objects.pod_disruption_budgets[0].spec.clone().unwrap();
+    assert_eq!(
+        pdb.selector.and_then(|s| s.match_labels),
+        Some(selector.clone()),
+        "{what}: the PDB selects the controller's pods"
+    );
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)), "{what}");
+
+    // RBAC: cluster-wide what the objects need, the Lease in its namespace only.
+    let mut expected: BTreeMap<String, Vec<PolicyRule>> = BTreeMap::new();
+    expected.insert(CONTROLLER.to_owned(), controller_rules());
+    if token_request {
+        expected.insert(format!("{CONTROLLER}-token-request"), token_request_rules());
+    }
+    let actual = cluster_roles(objects);
+    assert_eq!(actual, expected, "{what}: the controller's ClusterRoles");
+    assert_eq!(objects.roles.len(), 1, "{what}: one Role");
+    let role = &objects.roles[0];
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(NAMESPACE),
+        "{what}"
+    );
+    assert_eq!(
+        role.rules.clone().unwrap_or_default(),
+        leader_election_rules(),
+        "{what}: the leader-election Role"
+    );
+    let bindings = objects
+        .cluster_role_bindings
+        .iter()
+        .map(|b| (&b.role_ref, &b.subjects, None))
+        .chain(
+            objects
+                .role_bindings
+                .iter()
+                .map(|b| (&b.role_ref, &b.subjects, b.metadata.namespace.as_deref())),
+        )
+        .collect::<Vec<_>>();
+    assert_eq!(
+        bindings.len(),
+        expected.len() + 1,
+        "{what}: one binding per role"
+    );
+    for (role_ref, subjects, namespace) in bindings {
+        match role_ref.kind.as_str() {
+            "ClusterRole" => assert!(expected.contains_key(&role_ref.name), "{what}"),
+            "Role" => {
+                assert_eq!(role_ref.name, role.metadata.name.clone().unwrap(), "{what}");
+                assert_eq!(namespace, Some(NAMESPACE), "{what}");
+            }
+            other => panic!("{what}: a binding to a {other}"),
+        }
+        let subjects = subjects.clone().unwrap_or_default();
+        assert_eq!(subjects.len(), 1, "{what}");
+        assert_eq!(subjects[0].kind, "ServiceAccount", "{what}");
+        assert_eq!(subjects[0].name, CONTROLLER, "{what}");
+        assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE), "{what}");
+    }
+    (deployment.clone(), args)
 }
 
 /// Checks one rendering of the provider; returns its DaemonSet.
@@ -434,11 +793,7 @@ fn check_rendering(objects: &Objects, providers_dir: &str, what: &str) -> Daemon
     if args.identity.token_request {
         expected.insert(format!("{NAME}-token-request"), token_request_rules());
     }
-    let actual: BTreeMap<String, Vec<PolicyRule>> = objects
-        .cluster_roles
-        .iter()
-        .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-        .collect();
+    let actual = cluster_roles(objects);
     assert_eq!(actual, expected, "{what}: ClusterRoles");
     assert_eq!(
         objects.cluster_role_bindings.len(),
@@ -472,13 +827,27 @@ fn expected_dir(overlay: &str) -> &'static str {
     }
 }
 
+/// The first container's image of a pod template.
+fn image(spec: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Option<String> {
+    spec.spec.as_ref()?.containers.first()?.image.clone()
+}
+
 #[test]
 fn every_overlay_renders_parses_and_is_locked_down() {
     let names = overlays();
-    for expected in ["aks", "sync", "token-request", "upstream"] {
+    for expected in [
+        "aks",
+        "controller",
+        "controller-token-request",
+        "sync",
+        "token-request",
+        "upstream",
+    ] {
         assert!(names.iter().any(|n| n == expected), "overlay {expected}");
     }
     let out_dir = root().join("target/deploy-rendered");
+    let mut namespaces = BTreeSet::new();
+    let mut images = BTreeSet::new();
     for overlay in &names {
         let Some(text) = kustomize(overlay) else {
             return;
@@ -486,16 +855,45 @@ fn every_overlay_renders_parses_and_is_locked_down() {
         std::fs::create_dir_all(&out_dir).unwrap();
         std::fs::write(out_dir.join(format!("{overlay}.yaml")), &text).unwrap();
         let what = format!("overlay {overlay}");
-        let objects = parse_all(&documents(&text, &what), &what);
+        let mut objects = parse_all(&documents(&text, &what), &what);
+        let controller = objects.take_controller();
         assert_eq!(objects.namespaces.len(), 1, "{what}: the namespace");
         let ns = &objects.namespaces[0];
         assert_eq!(ns.metadata.name.as_deref(), Some(NAMESPACE));
+        // Overlays applied together must not fight over the namespace.
+        namespaces.insert(serde_json::to_string(ns).unwrap());
         assert!(
             objects.custom.is_empty() && objects.deployments.is_empty(),
             "{what}"
         );
-        check_rendering(&objects, expected_dir(overlay), &what);
+        if overlay.starts_with("controller") {
+            // The controller alone: apply it beside any provider overlay.
+            objects.namespaces.clear();
+            assert!(objects.is_empty(), "{what}: only the controller's objects");
+            let token_request = overlay.contains("token-request");
+            let (deployment, _) = check_controller(&controller, token_request, &what);
+            assert_eq!(
+                deployment.spec.as_ref().unwrap().replicas,
+                Some(2),
+                "{what}"
+            );
+            images.insert(image(&deployment.spec.unwrap().template));
+        } else {
+            assert!(controller.is_empty(), "{what}: no controller objects");
+            let ds = check_rendering(&objects, expected_dir(overlay), &what);
+            images.insert(image(&ds.spec.unwrap().template));
+        }
     }
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "every overlay renders the same Namespace"
+    );
+    assert_eq!(
+        images.len(),
+        1,
+        "the controller runs the provider's image: {images:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,6 +1248,18 @@ fn set(values: &mut Value, path: &str, value: Value) {
     *v = value;
 }
 
+/// Sets every value `overrides` names (objects merge, anything else replaces), as `-f` does.
+fn overlay_values(values: &mut Value, overrides: Value) {
+    match (values, overrides) {
+        (Value::Object(values), Value::Object(overrides)) => {
+            for (key, value) in overrides {
+                overlay_values(values.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (values, overrides) => *values = overrides,
+    }
+}
+
 fn chart_values() -> Value {
     let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
     serde_norway::from_str(&text).expect("values.yaml")
@@ -905,15 +1315,9 @@ fn assert_in_step(chart: &Objects, overlay: &str, what: &str) {
         serde_json::to_string_pretty(&spec(chart)).unwrap(),
         serde_json::to_string_pretty(&spec(&kust)).unwrap()
     );
-    let roles = |o: &Objects| -> BTreeMap<String, Vec<PolicyRule>> {
-        o.cluster_roles
-            .iter()
-            .map(|r| (r.metadata.name.clone().unwrap(), rules(r)))
-            .collect()
-    };
     assert_eq!(
-        roles(chart),
-        roles(&kust),
+        cluster_roles(chart),
+        cluster_roles(&kust),
         "{what}: ClusterRoles vs overlay {overlay}"
     );
     assert_eq!(
@@ -927,7 +1331,11 @@ fn assert_in_step(chart: &Objects, overlay: &str, what: &str) {
 fn helm_chart_defaults_render_the_upstream_overlay() {
     let values = chart_values();
     let what = "chart (default values)";
-    let objects = chart_objects(&values, what);
+    let mut objects = chart_objects(&values, what);
+    assert!(
+        objects.take_controller().is_empty(),
+        "{what}: no controller unless controller.enabled"
+    );
     assert!(
         objects.namespaces.is_empty(),
         "{what}: Helm creates no namespace"
@@ -938,6 +1346,183 @@ fn helm_chart_defaults_render_the_upstream_overlay() {
         "{what}"
     );
     assert_in_step(&objects, "upstream", what);
+}
+
+/// Compares the chart's controller objects with an overlay's: the Deployment's and the PDB's
+/// specs, the RBAC rules, the ServiceAccount.
+fn assert_controller_in_step(chart: &Objects, overlay: &str, what: &str) {
+    let Some(text) = kustomize(overlay) else {
+        return;
+    };
+    let kust = parse_all(&documents(&text, overlay), overlay).take_controller();
+    fn json<T: serde::Serialize>(value: &T) -> String {
+        serde_json::to_string_pretty(value).unwrap()
+    }
+    let pairs: [(&str, String, String); 4] = [
+        (
+            "Deployment",
+            json(&chart.deployments[0].spec),
+            json(&kust.deployments[0].spec),
+        ),
+        (
+            "PodDisruptionBudget",
+            json(&chart.pod_disruption_budgets[0].spec),
+            json(&kust.pod_disruption_budgets[0].spec),
+        ),
+        (
+            "ServiceAccount",
+            json(&chart.service_accounts[0].automount_service_account_token),
+            json(&kust.service_accounts[0].automount_service_account_token),
+        ),
+        (
+            "Role",
+            json(&chart.roles[0].rules),
+            json(&kust.roles[0].rules),
+        ),
+    ];
+    for (kind, ours, theirs) in pairs {
+        assert_eq!(
+            ours, theirs,
+            "{what}: the chart's {kind} differs from overlay {overlay}'s"
+        );
+    }
+    assert_eq!(
+        cluster_roles(chart),
+        cluster_roles(&kust),
+        "{what}: ClusterRoles vs overlay {overlay}"
+    );
+}
+
+#[test]
+fn helm_chart_controller_matches_the_controller_overlays() {
+    for (token_request, overlay) in [(false, "controller"), (true, "controller-token-request")] {
+        let mut v = chart_values();
+        set(&mut v, "controller.enabled", json!(true));
+        set(
+            &mut v,
+            "controller.tokenRequest.enabled",
+            json!(token_request),
+        );
+        // (check_rendering reads the provider's toggles from `what`: name none of them.)
+        let what = format!("chart controller.enabled, controller.tokenRequest {token_request}");
+        let mut objects = chart_objects(&v, &what);
+        let controller = objects.take_controller();
+        let (deployment, _) = check_controller(&controller, token_request, &what);
+        assert_eq!(
+            deployment.spec.as_ref().unwrap().replicas,
+            Some(2),
+            "{what}"
+        );
+        // The provider is rendered as without the controller, from the same image.
+        let ds = check_rendering(&objects, UPSTREAM_DIR, &what);
+        assert_in_step(&objects, "upstream", &what);
+        assert_eq!(
+            image(&deployment.spec.unwrap().template),
+            image(&ds.spec.unwrap().template),
+            "{what}: the provider's image"
+        );
+        assert_controller_in_step(&controller, overlay, &what);
+    }
+}
+
+#[test]
+fn helm_chart_controller_values_reach_the_controller() {
+    let mut v = chart_values();
+    overlay_values(
+        &mut v,
+        json!({
+            "controller": {
+                "enabled": true,
+                "replicas": 3,
+                "class": "akeyless-team-a",
+                "skipUnclassed": true,
+                "namespace": "team-a",
+                "metrics": {"port": 9200},
+                "extraArgs": ["--concurrency=8", "--store-revalidate=10m"],
+                "extraEnv": [{"name": "AKEYLESS_CSI_MIN_BACKOFF", "value": "10s"}],
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                    "limits": {"cpu": "2", "memory": "512Mi"},
+                },
+                "priorityClassName": "system-cluster-critical",
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "podAnnotations": {"example.com/team": "platform"},
+            },
+            "akeylessURL": "https://gw.example:8000/api/v2",
+            "allowedGatewayURLs": ["https://gw-b.example:8081"],
+            "serviceMonitor": {"enabled": true},
+        }),
+    );
+    let what = "chart controller (all values set)";
+    let mut objects = chart_objects(&v, what);
+    let controller = objects.take_controller();
+    let (deployment, args) = check_controller(&controller, false, what);
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(args.controller_class, "akeyless-team-a");
+    assert!(args.skip_unclassed);
+    assert_eq!(args.namespace.as_deref(), Some("team-a"));
+    assert_eq!(
+        args.http_addr,
+        HttpAddr::On("0.0.0.0:9200".parse().unwrap())
+    );
+    assert_eq!(args.concurrency, 8);
+    assert_eq!(args.store_revalidate, std::time::Duration::from_secs(600));
+    assert_eq!(
+        args.akeyless.akeyless_url.as_str(),
+        "https://gw.example:8000/api/v2"
+    );
+    assert_eq!(args.identity.allowed_gateway_urls.len(), 1);
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        env,
+        ["POD_NAME", "POD_NAMESPACE", "AKEYLESS_CSI_MIN_BACKOFF"]
+    );
+    let limits = c.resources.clone().unwrap().limits.unwrap();
+    assert_eq!(mebibytes(&limits["memory"]), 512.0);
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-cluster-critical")
+    );
+    assert_eq!(
+        pod.tolerations.unwrap()[0].key.as_deref(),
+        Some("dedicated")
+    );
+    let annotations = spec.template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(annotations["example.com/team"], "platform");
+    assert_eq!(annotations["prometheus.io/port"], "9200");
+    // Its own metrics Service and ServiceMonitor, beside the provider's.
+    assert_eq!(controller.services.len(), 1, "{what}: the metrics Service");
+    let svc = &controller.services[0];
+    let svc_spec = svc.spec.as_ref().unwrap();
+    assert_eq!(
+        svc_spec.selector.clone(),
+        spec.selector.match_labels,
+        "{what}: the Service selects the controller's pods"
+    );
+    assert_eq!(svc_spec.ports.as_ref().unwrap()[0].port, 9200);
+    assert_eq!(controller.custom.len(), 1, "{what}: the ServiceMonitor");
+    let monitor = &controller.custom[0];
+    for (k, val) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            svc.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get(k)
+                .map(String::as_str),
+            val.as_str(),
+            "{what}: {k}"
+        );
+    }
+    // The provider's own monitoring is untouched.
+    assert_eq!(objects.services.len(), 1);
+    assert_eq!(objects.custom.len(), 1);
 }
 
 #[test]
@@ -1117,6 +1702,8 @@ fn helm_template_agrees_when_helm_is_installed() {
                 "sync.enabled=true",
                 "tokenRequest.enabled=true",
                 "serviceMonitor.enabled=true",
+                "controller.enabled=true",
+                "controller.tokenRequest.enabled=true",
             ],
         ),
     ] {

@@ -142,7 +142,8 @@ pub struct Parts {
     pub health: Arc<Health>,
 }
 
-/// Runs the controller until `shutdown` resolves (or leadership is lost, for a restart).
+/// Runs the controller until `shutdown` resolves, or fails at once when leadership is lost (the
+/// process exits, to be restarted as a standby).
 pub async fn run(
     parts: Parts,
     options: ControllerOptions,
@@ -202,32 +203,23 @@ pub async fn run(
         metrics: metrics.clone(),
         failures: Mutex::default(),
     });
-    // Stop on shutdown, or as soon as the Lease is lost (another replica leads then).
-    let lost = leading.as_ref().map(leader::Lease::lost);
-    let stop = {
-        let shutdown = shutdown.clone();
-        async move {
-            match lost {
-                Some(lost) => {
-                    tokio::select! {
-                        _ = shutdown => {}
-                        _ = lost => tracing::error!("lost the leader Lease; stopping so another replica leads"),
-                    }
-                }
-                None => shutdown.await,
-            }
+    // A shutdown stops the controllers gracefully (in-flight reconciles finish, then the Lease
+    // is released); a lost Lease drops them at once, in-flight reconciles included.
+    health.set_serving(true);
+    let work = async {
+        let stores = store::run(ctx.clone(), shutdown.clone());
+        let external_secrets = external_secret::run(ctx.clone(), shutdown.clone());
+        futures::join!(stores, external_secrets);
+    };
+    let led = match leading {
+        Some(lease) => lease.lead(work).await,
+        None => {
+            work.await;
+            Ok(())
         }
     };
-    let stop: Shared<BoxFuture<'static, ()>> = stop.boxed().shared();
-    health.set_serving(true);
-    let stores = store::run(ctx.clone(), stop.clone());
-    let external_secrets = external_secret::run(ctx.clone(), stop.clone());
-    futures::join!(stores, external_secrets);
     metrics.leader.set(0);
-    if let Some(lease) = leading {
-        lease.release().await;
-    }
-    Ok(())
+    Ok(led?)
 }
 
 /// The namespace this process runs in: `POD_NAMESPACE`, else the service account's namespace
