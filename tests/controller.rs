@@ -308,17 +308,37 @@ async fn a_secret_is_written_only_when_its_content_changes() {
         "ESO's data hash"
     );
 
-    // A change in Akeyless: one update.
-    env.akeyless.put_secret("/app/rot", "r2-ESOMARK");
-    env.wait_data("periodic", |d| d["v"] == "r2-ESOMARK").await;
-    env.wait_refreshes("periodic", 2).await;
+    // Someone edits the Secret: it is put back at once (its change is watched), not at the
+    // next refresh.
+    let mut edited = env.secrets().get("periodic").await.unwrap();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("v".into(), k8s_openapi::ByteString(b"tampered".to_vec()));
+    env.secrets()
+        .replace("periodic", &Default::default(), &edited)
+        .await
+        .unwrap();
+    env.wait_data("periodic", |d| d["v"] == "r1-ESOMARK").await;
     assert_eq!(
         env.secret_writes("periodic"),
         2,
         "{:?}",
         env.writes("secrets")
     );
-    assert_eq!(env.writes("secrets")[1].verb, "update");
+
+    // A change in Akeyless: one update.
+    env.akeyless.put_secret("/app/rot", "r2-ESOMARK");
+    env.wait_data("periodic", |d| d["v"] == "r2-ESOMARK").await;
+    env.wait_refreshes("periodic", 2).await;
+    assert_eq!(
+        env.secret_writes("periodic"),
+        3,
+        "{:?}",
+        env.writes("secrets")
+    );
+    assert_eq!(env.writes("secrets")[2].verb, "update");
     env.assert_no_leak(&[]);
 }
 
@@ -366,6 +386,19 @@ stringData: {mine: "keep-me-too"}
         );
         assert_eq!(env.secret_writes(secret), 0);
     }
+    // Two ExternalSecrets, one Secret: the second is refused, naming the owner.
+    env.apply(&rotating_es("first-owner", "  target: {name: shared}"))
+        .await;
+    env.wait_ready("first-owner").await;
+    env.apply(&rotating_es("second-owner", "  target: {name: shared}"))
+        .await;
+    let message = env.wait_failed("second-owner", "first-owner").await;
+    assert!(message.contains("shared"), "{message}");
+    let secret = env.secrets().get("shared").await.unwrap();
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].name,
+        "first-owner"
+    );
     env.assert_no_leak(&["keep-me"]);
 }
 

@@ -42,8 +42,9 @@ async fn still_serving(env: &Env, name: &str, value: &'static str) {
 }
 
 /// A store whose credentials Secret does not exist: the store says which Secret is missing,
-/// its ExternalSecrets say which store is broken; once the Secret exists, both recover. A wrong
-/// item name is reported on its own ExternalSecret, and others are served meanwhile.
+/// its ExternalSecrets say which store is broken; once the Secret exists, both recover. A
+/// store with a wrong access key fails its login, saying as whom (never the key). A wrong
+/// item name is reported on its own ExternalSecret. Others are served meanwhile.
 #[tokio::test]
 async fn a_missing_credentials_secret_and_a_wrong_key_are_reported_where_they_are() {
     let Some(staged) = Staged::new("references", ROTATING).await else {
@@ -59,6 +60,16 @@ async fn a_missing_credentials_secret_and_a_wrong_key_are_reported_where_they_ar
     staged
         .apply(&es("wrong-key", "akeyless", "").replace("key: /app/rot", "key: /app/no-such-item"))
         .await;
+    // A store whose access key is wrong.
+    staged
+        .apply(
+            &store_yaml("wrong-access-key", &url, "v1", "")
+                .replace(common::harness::ACCESS_KEY, "wrong-access-key-LEAKCHECK"),
+        )
+        .await;
+    staged
+        .apply(&es("es-wrong-access-key", "wrong-access-key", ""))
+        .await;
     let env = staged.start(&["--store-revalidate", "1s"]);
 
     let stores = env.stores();
@@ -73,6 +84,19 @@ async fn a_missing_credentials_secret_and_a_wrong_key_are_reported_where_they_ar
     let message = env.wait_failed("es-broken", "broken-creds").await;
     assert!(message.contains("SecretStore"), "{message}");
     assert!(env.data("es-broken").await.is_none());
+
+    let message = eventually("store wrong-access-key to fail its login", WAIT, || async {
+        let store = stores.get("wrong-access-key").await.ok()?;
+        let (status, reason, message) = ready(&store)?;
+        (status == "False").then_some(format!("{reason}: {message}"))
+    })
+    .await;
+    assert!(message.starts_with("ValidationFailed"), "{message}");
+    assert!(message.contains(common::harness::ACCESS_ID), "{message}");
+    let message = env.wait_failed("es-wrong-access-key", "log in").await;
+    assert!(message.contains(common::harness::ACCESS_ID), "{message}");
+    assert!(!message.contains("LEAKCHECK"), "{message}");
+    assert!(env.data("es-wrong-access-key").await.is_none());
 
     let message = env.wait_failed("wrong-key", "/app/no-such-item").await;
     assert!(
@@ -92,7 +116,7 @@ async fn a_missing_credentials_secret_and_a_wrong_key_are_reported_where_they_ar
     })
     .await;
     assert!(env.controller.logs().contains("reconcile failed"));
-    env.assert_no_leak(&[]);
+    env.assert_no_leak(&["LEAKCHECK"]);
 }
 
 /// An Akeyless outage, then a 429 storm: nothing is written while reads fail, the status

@@ -99,7 +99,8 @@ spec:
     env.assert_no_leak(&[]);
 }
 
-/// `target.name` defaults to the ExternalSecret's name; the four creation policies.
+/// `target.name` defaults to the ExternalSecret's name (a rename deletes the Secret of the old
+/// name); the four creation policies.
 #[tokio::test]
 async fn target_name_and_creation_policies() {
     let Some(env) = Env::start("creation", ROTATING, &[]).await else {
@@ -197,6 +198,18 @@ spec:
     assert_eq!(reason, "SecretMissing", "{message}");
     assert!(env.data("absent-target").await.is_none());
 
+    // Owner, renamed: the Secret of the old name is deleted (ESO's orphan clean-up).
+    env.externals()
+        .patch(
+            "default-name",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"target": {"name": "renamed"}}})),
+        )
+        .await
+        .unwrap();
+    env.wait_data("renamed", |d| d["v"] == "r1-ESOMARK").await;
+    env.wait_gone("default-name", common::eso::WAIT).await;
+
     // None: synced, nothing written.
     env.wait_ready("none").await;
     assert!(env.data("none-target").await.is_none());
@@ -274,6 +287,62 @@ spec:
     let message = env.wait_failed("retain", "/del/d").await;
     assert!(message.contains("does not exist"), "{message}");
     assert_eq!(env.data("retain").await.unwrap()["d"], "d-ESOMARK");
+    env.assert_no_leak(&[]);
+}
+
+/// `deletionPolicy: Delete` is for a Secret the ExternalSecret owns: with Merge (a user's
+/// Secret) or Orphan it is refused up front (ESO's admission rule), and nothing is written.
+#[tokio::test]
+async fn delete_policy_never_deletes_a_secret_it_does_not_own() {
+    let items = r#"  - name: /del/merged
+    value: "m-ESOMARK"
+  - name: /del/orphaned
+    value: "o-ESOMARK"
+"#;
+    let Some(env) = Env::start("delete-not-owned", items, &[]).await else {
+        return;
+    };
+    env.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: users}
+stringData: {own: "the user's"}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: merge-delete}
+spec:
+  refreshInterval: 1s
+  secretStoreRef: {name: akeyless}
+  target: {name: users, creationPolicy: Merge, deletionPolicy: Delete}
+  data:
+    - {secretKey: m, remoteRef: {key: /del/merged}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: orphan-delete}
+spec:
+  refreshInterval: 1s
+  secretStoreRef: {name: akeyless}
+  target: {creationPolicy: Orphan, deletionPolicy: Delete}
+  data:
+    - {secretKey: o, remoteRef: {key: /del/orphaned}}
+"#,
+    )
+    .await;
+    for es in ["merge-delete", "orphan-delete"] {
+        let message = env
+            .wait_failed(es, "deletionPolicy Delete needs creationPolicy Owner")
+            .await;
+        assert!(message.contains("spec.target.deletionPolicy"), "{message}");
+    }
+    assert!(env.data("orphan-delete").await.is_none());
+    assert_eq!(
+        env.data("users").await.unwrap(),
+        [("own".to_owned(), "the user's".to_owned())].into()
+    );
+    assert!(env.writes("secrets").is_empty());
     env.assert_no_leak(&[]);
 }
 
@@ -407,6 +476,25 @@ spec:
         secret.metadata.annotations.as_ref().unwrap()["owner"],
         "team-x"
     );
+
+    // Kubernetes does not change a Secret's type: a new template.type is refused, saying so.
+    env.externals()
+        .patch(
+            "plain",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"target": {"template": {"type": "example.com/custom"}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let message = env.wait_failed("plain", "example.com/custom").await;
+    assert!(
+        message.contains("delete the Secret"),
+        "names the fix: {message}"
+    );
+    let secret = env.secrets().get("plain").await.unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
     env.assert_no_leak(&["pw-"]);
 }
 

@@ -493,6 +493,10 @@ impl Env {
                 "{secret} leaked into the controller's log"
             );
         }
+        assert!(
+            !super::harness::has_token(&logs),
+            "an Akeyless token leaked into the controller's log"
+        );
     }
 }
 

@@ -15,6 +15,9 @@
 //! the tests compute; the ServiceAccount `forbidden` is refused with 403) and `GET
 //! .../serviceaccounts/{sa}` (for workload-identity annotations).
 //! Not covered: PATCH / server-side apply, watches, lists, garbage collection, admission.
+//!
+//! For the `controller`, which needs all of those, [`FaultProxy`] puts the same kind of faults
+//! (conflicts, 403s, 503s, dropped watches) in front of the real control plane instead.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
