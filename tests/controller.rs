@@ -11,7 +11,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::control_plane::{self, ControlPlane, apply, eventually};
 use common::controller::Controller;
-use common::eso::{Env, Staged, eso_data_hash, eso_owner_hash, ready, store_yaml};
+use common::eso::{
+    Env, ROTATING, STORE, Staged, eso_data_hash, eso_owner_hash, ready, rotating_es, store_yaml,
+};
 use common::harness::{ACCESS_ID, ACCESS_KEY};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
@@ -228,28 +230,6 @@ spec:
 
 // ---- What the controller writes (issue 13, item 5) --------------------------------------------
 
-const ROTATING: &str = r#"  - name: /app/rot
-    value: "r1-ESOMARK"
-"#;
-
-/// An ExternalSecret reading `/app/rot` into key `v`, with `spec` lines added.
-fn rotating_es(name: &str, spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata:
-  name: {name}
-spec:
-  secretStoreRef: {{name: akeyless}}
-{spec}
-  data:
-    - secretKey: v
-      remoteRef: {{key: /app/rot}}
-"#
-    )
-}
-
 /// The Secret is written when its content changes, never on a refresh that changed nothing;
 /// the status is ESO's.
 #[tokio::test]
@@ -257,7 +237,7 @@ async fn a_secret_is_written_only_when_its_content_changes() {
     let Some(env) = Env::start("writes", ROTATING, &[]).await else {
         return;
     };
-    env.apply(&rotating_es("periodic", "  refreshInterval: 1s"))
+    env.apply(&rotating_es("periodic", STORE, "  refreshInterval: 1s"))
         .await;
     let es = env.wait_ready("periodic").await;
     env.wait_refreshes("periodic", 3).await;
@@ -363,10 +343,11 @@ stringData: {mine: "keep-me-too"}
 "#,
     )
     .await;
-    env.apply(&rotating_es("owner", "  target: {name: taken}"))
+    env.apply(&rotating_es("owner", STORE, "  target: {name: taken}"))
         .await;
     env.apply(&rotating_es(
         "orphan",
+        STORE,
         "  target: {name: taken-too, creationPolicy: Orphan}",
     ))
     .await;
@@ -387,11 +368,19 @@ stringData: {mine: "keep-me-too"}
         assert_eq!(env.secret_writes(secret), 0);
     }
     // Two ExternalSecrets, one Secret: the second is refused, naming the owner.
-    env.apply(&rotating_es("first-owner", "  target: {name: shared}"))
-        .await;
+    env.apply(&rotating_es(
+        "first-owner",
+        STORE,
+        "  target: {name: shared}",
+    ))
+    .await;
     env.wait_ready("first-owner").await;
-    env.apply(&rotating_es("second-owner", "  target: {name: shared}"))
-        .await;
+    env.apply(&rotating_es(
+        "second-owner",
+        STORE,
+        "  target: {name: shared}",
+    ))
+    .await;
     let message = env.wait_failed("second-owner", "first-owner").await;
     assert!(message.contains("shared"), "{message}");
     let secret = env.secrets().get("shared").await.unwrap();
@@ -413,10 +402,11 @@ async fn owner_secrets_are_garbage_collected_with_their_external_secret() {
         return;
     }
     let mut env = Env::start_on(cp, "gc", ROTATING, &[]).await;
-    env.apply(&rotating_es("owned", "  refreshInterval: 1h"))
+    env.apply(&rotating_es("owned", STORE, "  refreshInterval: 1h"))
         .await;
     env.apply(&rotating_es(
         "orphaned",
+        STORE,
         "  refreshInterval: 1h\n  target: {creationPolicy: Orphan}",
     ))
     .await;
@@ -445,7 +435,7 @@ async fn events_for_created_updated_and_failed_syncs() {
     let Some(env) = Env::start("events", ROTATING, &[]).await else {
         return;
     };
-    env.apply(&rotating_es("evented", "  refreshInterval: 1s"))
+    env.apply(&rotating_es("evented", STORE, "  refreshInterval: 1s"))
         .await;
     env.wait_ready("evented").await;
     env.wait_event("evented", "Created").await;
@@ -489,7 +479,7 @@ async fn a_secret_written_by_eso_is_adopted_without_a_write() {
         return;
     };
     let es = staged
-        .apply(&rotating_es("adopted", "  refreshInterval: 1h"))
+        .apply(&rotating_es("adopted", STORE, "  refreshInterval: 1h"))
         .await
         .remove(0);
     let data: std::collections::BTreeMap<String, Vec<u8>> =
@@ -584,10 +574,7 @@ spec:
         ("es-unclassed", "akeyless"),
     ] {
         staged
-            .apply(&rotating_es(es, "  refreshInterval: 1h").replace(
-                "secretStoreRef: {name: akeyless}",
-                &format!("secretStoreRef: {{name: {store}}}"),
-            ))
+            .apply(&rotating_es(es, store, "  refreshInterval: 1h"))
             .await;
     }
     let env = staged.start(&[]);
@@ -665,10 +652,7 @@ async fn skip_unclassed_and_a_custom_controller_class() {
         ("es-default-class", "default-class"),
     ] {
         staged
-            .apply(&rotating_es(es, "  refreshInterval: 1h").replace(
-                "secretStoreRef: {name: akeyless}",
-                &format!("secretStoreRef: {{name: {store}}}"),
-            ))
+            .apply(&rotating_es(es, store, "  refreshInterval: 1h"))
             .await;
     }
     let env = staged.start(&["--skip-unclassed", "--controller-class", "team-x"]);
@@ -707,7 +691,7 @@ async fn objects_applied_as_v1beta1_are_served() {
         .await;
     staged
         .apply(
-            &rotating_es("beta", "  refreshInterval: 1h")
+            &rotating_es("beta", STORE, "  refreshInterval: 1h")
                 .replace("external-secrets.io/v1\n", "external-secrets.io/v1beta1\n")
                 .replace("{name: akeyless}", "{name: beta-store, kind: SecretStore}"),
         )

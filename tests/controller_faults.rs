@@ -9,29 +9,14 @@ mod common;
 
 use akeyless_csi_provider::emulator::{Fault, FaultKind};
 use common::control_plane::eventually;
-use common::eso::{Env, MARK, Staged, WAIT, ready, store_yaml};
+use common::eso::{Env, MARK, ROTATING, Staged, WAIT, ready, rotating_es, store_yaml};
 use common::fake_k8s::FaultProxy;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-const ROTATING: &str = r#"  - name: /app/rot
-    value: "r1-ESOMARK"
-"#;
-
+/// A periodic (1s) ExternalSecret of `/app/rot`.
 fn es(name: &str, store: &str, spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata: {{name: {name}}}
-spec:
-  refreshInterval: 1s
-  secretStoreRef: {{name: {store}}}
-{spec}
-  data:
-    - {{secretKey: v, remoteRef: {{key: /app/rot}}}}
-"#
-    )
+    rotating_es(name, store, &format!("  refreshInterval: 1s\n{spec}"))
 }
 
 /// Waits until a healthy ExternalSecret picked up a rotation: the controller is alive and

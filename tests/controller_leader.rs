@@ -6,25 +6,14 @@
 mod common;
 
 use common::control_plane::eventually;
-use common::eso::{Staged, WAIT, metric, writes_by};
+use common::eso::{ROTATING, STORE, Staged, WAIT, metric, rotating_es, writes_by};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
 const LEASE: &str = "akeyless-csi-provider-controller";
 
 fn es(name: &str) -> String {
-    format!(
-        r#"
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata: {{name: {name}}}
-spec:
-  refreshInterval: 1s
-  secretStoreRef: {{name: akeyless}}
-  data:
-    - {{secretKey: v, remoteRef: {{key: /app/rot}}}}
-"#
-    )
+    rotating_es(name, STORE, "  refreshInterval: 1s")
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -53,9 +42,7 @@ fn leader_writes(cp: &common::control_plane::ControlPlane, user: &str) -> usize 
 /// out and serves new ExternalSecrets; a SIGTERMed leader releases the Lease as it exits.
 #[tokio::test]
 async fn one_leader_writes_a_standby_takes_over_and_sigterm_releases_the_lease() {
-    let Some(staged) =
-        Staged::new("leader", "  - name: /app/rot\n    value: \"r1-ESOMARK\"\n").await
-    else {
+    let Some(staged) = Staged::new("leader", ROTATING).await else {
         return;
     };
     let ns = staged.ns.clone();

@@ -6,13 +6,8 @@
 
 mod common;
 
-use common::eso::{Env, MARK, ready};
+use common::eso::{Env, MARK, ROTATING, STORE, ready, rotating_es};
 use serde_json::Value;
-
-/// The first ExternalSecrets of each test sync against this store; the items are the test's.
-const ROTATING: &str = r#"  - name: /app/rot
-    value: "r1-ESOMARK"
-"#;
 
 /// `refreshInterval` (`0` = once), the three refresh policies, and `force-sync`, each checked
 /// against a periodic ExternalSecret that reads the same item and serves as the clock: when it
@@ -22,22 +17,7 @@ async fn refresh_intervals_policies_and_force_sync() {
     let Some(env) = Env::start("refresh", ROTATING, &[]).await else {
         return;
     };
-    let es = |name: &str, extra: &str| {
-        format!(
-            r#"
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata:
-  name: {name}
-spec:
-{extra}
-  secretStoreRef: {{name: akeyless}}
-  data:
-    - secretKey: v
-      remoteRef: {{key: /app/rot}}
----"#
-        )
-    };
+    let es = |name: &str, extra: &str| rotating_es(name, STORE, extra) + "---";
     let yaml = [
         es("periodic", "  refreshInterval: 1s"),
         es("once", "  refreshInterval: \"0\""),
@@ -119,21 +99,11 @@ stringData:
     )
     .await;
     let es = |name: &str, target: &str| {
-        format!(
-            r#"
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata:
-  name: {name}
-spec:
-  refreshInterval: 1h
-  secretStoreRef: {{name: akeyless}}
-  target: {target}
-  data:
-    - secretKey: v
-      remoteRef: {{key: /app/rot}}
----"#
-        )
+        rotating_es(
+            name,
+            STORE,
+            &format!("  refreshInterval: 1h\n  target: {target}"),
+        ) + "---"
     };
     let yaml = [
         es("default-name", "{}"),

@@ -26,6 +26,27 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub const STORE: &str = "akeyless";
 /// Values carry this, so the log checks can look for it.
 pub const MARK: &str = "ESOMARK";
+/// One item, `/app/rot`, for tests that rotate it (`put_secret`) to see what is refreshed.
+pub const ROTATING: &str = "  - name: /app/rot\n    value: \"r1-ESOMARK\"\n";
+
+/// An ExternalSecret `name` reading `/app/rot` ([`ROTATING`]) into key `v` from the
+/// SecretStore `store`, with `spec` lines (indented by two spaces) added.
+pub fn rotating_es(name: &str, store: &str, spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata:
+  name: {name}
+spec:
+  secretStoreRef: {{name: {store}}}
+{spec}
+  data:
+    - secretKey: v
+      remoteRef: {{key: /app/rot}}
+"#
+    )
+}
 
 /// ESO's kinds at a version.
 pub fn resource(kind: &str, version: &str) -> ApiResource {
@@ -172,14 +193,7 @@ impl Staged {
             kubeconfig: proxy.kubeconfig(&self.identity.kubeconfig),
         };
         let controller = self.controller_as(&identity, args);
-        Env {
-            cp: self.cp,
-            client: self.client,
-            ns: self.ns,
-            akeyless: self.akeyless,
-            controller,
-            user: self.identity.user,
-        }
+        self.with(controller)
     }
 
     fn controller_as(&self, identity: &Identity, args: &[&str]) -> Controller {
@@ -191,6 +205,10 @@ impl Staged {
     /// Starts the controller, watching this namespace only, with extra `args`.
     pub fn start(self, args: &[&str]) -> Env {
         let controller = self.controller_as(&self.identity, args);
+        self.with(controller)
+    }
+
+    fn with(self, controller: Controller) -> Env {
         Env {
             cp: self.cp,
             client: self.client,
