@@ -8,12 +8,17 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use akeyless_csi_provider::emulator::Seed;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use common::control_plane::{self, ControlPlane, apply, eventually};
 use common::controller::Controller;
+use common::eso::{
+    Env, ROTATING, STORE, Staged, eso_data_hash, eso_owner_hash, ready, rotating_es, store_yaml,
+};
 use common::harness::{ACCESS_ID, ACCESS_KEY};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use serde_json::Value;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::{Value, json};
 
 const MARK: &str = "CTLMARK";
 const WAIT: Duration = Duration::from_secs(60);
@@ -464,4 +469,485 @@ spec:
         );
     }
     assert!(lease_calls.iter().any(|(_, verb)| verb == "patch"));
+}
+
+// ---- What the controller writes (issue 13, item 5) --------------------------------------------
+
+/// The Secret is written when its content changes, never on a refresh that changed nothing;
+/// the status is ESO's.
+#[tokio::test]
+async fn a_secret_is_written_only_when_its_content_changes() {
+    let Some(env) = Env::start("writes", ROTATING, &[]).await else {
+        return;
+    };
+    env.apply(&rotating_es("periodic", STORE, "  refreshInterval: 1s"))
+        .await;
+    let es = env.wait_ready("periodic").await;
+    env.wait_refreshes("periodic", 3).await;
+    assert_eq!(
+        env.secret_writes("periodic"),
+        1,
+        "one create, then nothing for three refreshes: {:?}",
+        env.writes("secrets")
+    );
+    let create = &env.writes("secrets")[0];
+    assert_eq!(create.verb, "create");
+    assert_eq!(
+        create.field_manager().as_deref(),
+        Some("externalsecrets.external-secrets.io/periodic"),
+        "ESO's field manager"
+    );
+
+    // ESO's status: Ready True/SecretSynced, refreshTime, syncedResourceVersion, binding.
+    let (status, reason, message) = ready(&es).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str(), message.as_str()),
+        ("True", "SecretSynced", "secret synced")
+    );
+    let synced = es
+        .data
+        .pointer("/status/syncedResourceVersion")
+        .and_then(Value::as_str)
+        .unwrap();
+    let (generation, hash) = synced.split_once('-').unwrap();
+    assert_eq!(generation, "1");
+    assert_eq!(hash.len(), 56, "a SHA3-224 of the metadata: {synced}");
+    assert!(common::eso::refresh_time(&es).is_some());
+    assert_eq!(
+        es.data.pointer("/status/binding/name"),
+        Some(&Value::from("periodic"))
+    );
+    let secret = env.secrets().get("periodic").await.unwrap();
+    let data: std::collections::BTreeMap<String, Vec<u8>> = secret
+        .data
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    assert_eq!(
+        secret.metadata.annotations.unwrap()["reconcile.external-secrets.io/data-hash"],
+        common::eso::eso_data_hash(&data),
+        "ESO's data hash"
+    );
+
+    // Someone edits the Secret: it is put back at once (its change is watched), not at the
+    // next refresh.
+    let mut edited = env.secrets().get("periodic").await.unwrap();
+    edited
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("v".into(), k8s_openapi::ByteString(b"tampered".to_vec()));
+    env.secrets()
+        .replace("periodic", &Default::default(), &edited)
+        .await
+        .unwrap();
+    env.wait_data("periodic", |d| d["v"] == "r1-ESOMARK").await;
+    assert_eq!(
+        env.secret_writes("periodic"),
+        2,
+        "{:?}",
+        env.writes("secrets")
+    );
+
+    // A change in Akeyless: one update.
+    env.akeyless.put_secret("/app/rot", "r2-ESOMARK");
+    env.wait_data("periodic", |d| d["v"] == "r2-ESOMARK").await;
+    env.wait_refreshes("periodic", 2).await;
+    assert_eq!(
+        env.secret_writes("periodic"),
+        3,
+        "{:?}",
+        env.writes("secrets")
+    );
+    assert_eq!(env.writes("secrets")[2].verb, "update");
+    env.assert_no_leak(&[]);
+}
+
+/// A Secret of the target name that no ExternalSecret manages is never overwritten under
+/// Owner or Orphan; the condition says why and what to do.
+#[tokio::test]
+async fn an_unmanaged_secret_is_never_overwritten() {
+    let Some(env) = Env::start("unmanaged", ROTATING, &[]).await else {
+        return;
+    };
+    env.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: taken}
+stringData: {mine: "keep-me"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: taken-too}
+stringData: {mine: "keep-me-too"}
+"#,
+    )
+    .await;
+    env.apply(&rotating_es("owner", STORE, "  target: {name: taken}"))
+        .await;
+    env.apply(&rotating_es(
+        "orphan",
+        STORE,
+        "  target: {name: taken-too, creationPolicy: Orphan}",
+    ))
+    .await;
+    for (es, secret, value) in [
+        ("owner", "taken", "keep-me"),
+        ("orphan", "taken-too", "keep-me-too"),
+    ] {
+        let message = env.wait_failed(es, "not managed").await;
+        assert!(message.contains(secret), "{message}");
+        assert!(
+            message.contains("target.name"),
+            "says what to do: {message}"
+        );
+        assert_eq!(
+            env.data(secret).await.unwrap(),
+            [("mine".to_owned(), value.to_owned())].into(),
+        );
+        assert_eq!(env.secret_writes(secret), 0);
+    }
+    // Two ExternalSecrets, one Secret: the second is refused, naming the owner.
+    env.apply(&rotating_es(
+        "first-owner",
+        STORE,
+        "  target: {name: shared}",
+    ))
+    .await;
+    env.wait_ready("first-owner").await;
+    env.apply(&rotating_es(
+        "second-owner",
+        STORE,
+        "  target: {name: shared}",
+    ))
+    .await;
+    let message = env.wait_failed("second-owner", "first-owner").await;
+    assert!(message.contains("shared"), "{message}");
+    let secret = env.secrets().get("shared").await.unwrap();
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].name,
+        "first-owner"
+    );
+    env.assert_no_leak(&["keep-me"]);
+}
+
+/// Owner Secrets carry an ownerReference to their ExternalSecret and are garbage-collected
+/// with it (kube-controller-manager's collector); Orphan Secrets stay.
+#[tokio::test]
+async fn owner_secrets_are_garbage_collected_with_their_external_secret() {
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
+    if !cp.controller_manager().await {
+        return;
+    }
+    let mut env = Env::start_on(cp, "gc", ROTATING, &[]).await;
+    env.apply(&rotating_es("owned", STORE, "  refreshInterval: 1h"))
+        .await;
+    env.apply(&rotating_es(
+        "orphaned",
+        STORE,
+        "  refreshInterval: 1h\n  target: {creationPolicy: Orphan}",
+    ))
+    .await;
+    let owned = env.wait_ready("owned").await;
+    env.wait_ready("orphaned").await;
+    let secret = env.secrets().get("owned").await.unwrap();
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(Some(&owner.uid), owned.metadata.uid.as_ref());
+    assert_eq!(owner.api_version, "external-secrets.io/v1");
+
+    env.delete_es("owned").await;
+    env.delete_es("orphaned").await;
+    env.wait_gone("owned", control_plane::GC_TIMEOUT).await;
+    assert!(
+        env.data("orphaned").await.is_some(),
+        "an Orphan Secret outlives its ExternalSecret"
+    );
+    assert!(env.controller.alive());
+    env.assert_no_leak(&[]);
+}
+
+/// Events on the ExternalSecret: Created, Updated, and UpdateFailed (Warning) naming the item
+/// and the fix, never a value.
+#[tokio::test]
+async fn events_for_created_updated_and_failed_syncs() {
+    let Some(env) = Env::start("events", ROTATING, &[]).await else {
+        return;
+    };
+    env.apply(&rotating_es("evented", STORE, "  refreshInterval: 1s"))
+        .await;
+    env.wait_ready("evented").await;
+    env.wait_event("evented", "Created").await;
+    env.akeyless.put_secret("/app/rot", "r2-ESOMARK");
+    env.wait_event("evented", "Updated").await;
+
+    env.akeyless.delete_item("/app/rot");
+    let message = env.wait_failed("evented", "/app/rot").await;
+    let es = env.es("evented").await;
+    assert_eq!(ready(&es).unwrap().1, "SecretSyncedError");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(message.contains("remoteRef.key"), "names a fix: {message}");
+    let note = env.wait_event("evented", "UpdateFailed").await;
+    assert!(note.contains("/app/rot"), "{note}");
+    let events = env.events("evented").await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "UpdateFailed"),
+        "{events:?}"
+    );
+    for (_, _, note) in &events {
+        assert!(
+            !note.contains(common::eso::MARK),
+            "a value in an Event: {note}"
+        );
+    }
+    assert_eq!(
+        env.data("evented").await.unwrap()["v"],
+        "r2-ESOMARK",
+        "a failed sync writes nothing"
+    );
+    env.assert_no_leak(&[]);
+}
+
+/// A Secret that ESO wrote (its markers, data hash, owner reference and field manager) is
+/// taken over with no write when the content is the same; a later change is one update.
+#[tokio::test]
+async fn a_secret_written_by_eso_is_adopted_without_a_write() {
+    let Some(staged) = Staged::new("adopt", ROTATING).await else {
+        return;
+    };
+    let es = staged
+        .apply(&rotating_es("adopted", STORE, "  refreshInterval: 1h"))
+        .await
+        .remove(0);
+    let data: std::collections::BTreeMap<String, Vec<u8>> =
+        [("v".to_owned(), b"r1-ESOMARK".to_vec())].into();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "adopted",
+            "labels": {
+                "reconcile.external-secrets.io/managed": "true",
+                "reconcile.external-secrets.io/created-by": eso_owner_hash(&staged.ns, "adopted"),
+            },
+            "annotations": {"reconcile.external-secrets.io/data-hash": eso_data_hash(&data)},
+            "ownerReferences": [{
+                "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+                "name": "adopted", "uid": es.metadata.uid.clone().unwrap(),
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "type": "Opaque",
+        "data": {"v": STANDARD.encode(b"r1-ESOMARK")},
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(staged.client.clone(), &staged.ns);
+    let created = secrets
+        .create(
+            &PostParams {
+                field_manager: Some("externalsecrets.external-secrets.io/adopted".into()),
+                ..PostParams::default()
+            },
+            &secret,
+        )
+        .await
+        .unwrap();
+    let env = staged.start(&[]);
+    env.wait_ready("adopted").await;
+    assert_eq!(
+        env.secret_writes("adopted"),
+        0,
+        "{:?}",
+        env.writes("secrets")
+    );
+    let now = env.secrets().get("adopted").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    env.akeyless.put_secret("/app/rot", "r2-ESOMARK");
+    env.force_sync_and_wait("adopted").await;
+    env.wait_data("adopted", |d| d["v"] == "r2-ESOMARK").await;
+    assert_eq!(
+        env.secret_writes("adopted"),
+        1,
+        "{:?}",
+        env.writes("secrets")
+    );
+    env.assert_no_leak(&[]);
+}
+
+// ---- Which stores are ours (issue 13, item 2) -------------------------------------------------
+
+/// Stores of another provider or another controller class, and their ExternalSecrets, are left
+/// alone without a word: no status, no Secret, no Event.
+#[tokio::test]
+async fn stores_of_other_providers_and_classes_are_ignored_silently() {
+    let Some(staged) = Staged::new("classes", ROTATING).await else {
+        return;
+    };
+    let url = staged.akeyless.url();
+    staged
+        .apply(&format!(
+            r#"
+apiVersion: external-secrets.io/v1
+kind: SecretStore
+metadata: {{name: vault}}
+spec:
+  provider:
+    vault: {{server: "https://vault.example:8200", path: secret, version: v2, auth: {{tokenSecretRef: {{name: t, key: t}}}}}}
+---
+{}
+---
+{}
+"#,
+            store_yaml("other-class", &url, "v1", "  controller: someone-else"),
+            store_yaml("our-class", &url, "v1", "  controller: akeyless-csi-provider"),
+        ))
+        .await;
+    for (es, store) in [
+        ("es-vault", "vault"),
+        ("es-other-class", "other-class"),
+        ("es-our-class", "our-class"),
+        ("es-unclassed", "akeyless"),
+    ] {
+        staged
+            .apply(&rotating_es(es, store, "  refreshInterval: 1h"))
+            .await;
+    }
+    let env = staged.start(&[]);
+    env.wait_ready("es-our-class").await;
+    env.wait_ready("es-unclassed").await;
+    // Every object has been looked at: the two foreign stores and their two ExternalSecrets
+    // were skipped.
+    let skipped = |kind: &'static str| {
+        let env = &env;
+        async move {
+            env.metric(&format!(
+                "akeyless_csi_controller_reconciles_total{{kind=\"{kind}\",outcome=\"skipped\"}}"
+            ))
+            .await
+        }
+    };
+    eventually("the foreign objects to be skipped", WAIT, || async {
+        (skipped("store").await >= 2.0 && skipped("external_secret").await >= 2.0).then_some(())
+    })
+    .await;
+    for name in ["vault", "other-class"] {
+        let store = env.stores().get(name).await.unwrap();
+        assert!(
+            store.data.get("status").is_none(),
+            "{name}: {:?}",
+            store.data
+        );
+    }
+    let store = env.stores().get("our-class").await.unwrap();
+    assert_eq!(
+        store.data.pointer("/status/conditions/0/reason"),
+        Some(&Value::from("Valid"))
+    );
+    for name in ["es-vault", "es-other-class"] {
+        let es = env.es(name).await;
+        assert!(es.data.get("status").is_none(), "{name}: {:?}", es.data);
+        assert!(env.data(name).await.is_none());
+        assert!(env.events(name).await.is_empty());
+    }
+    let touched: Vec<_> = env
+        .cp
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == env.user && r.is_accepted_write())
+        .filter(|r| {
+            ["vault", "other-class", "es-vault", "es-other-class"].contains(&r.name.as_str())
+        })
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    env.assert_no_leak(&[]);
+}
+
+/// `--skip-unclassed` leaves stores without a class to ESO; `--controller-class` names ours.
+#[tokio::test]
+async fn skip_unclassed_and_a_custom_controller_class() {
+    let Some(staged) = Staged::new("skip-unclassed", ROTATING).await else {
+        return;
+    };
+    let url = staged.akeyless.url();
+    staged
+        .apply(&format!(
+            "{}\n---\n{}",
+            store_yaml("custom", &url, "v1", "  controller: team-x"),
+            store_yaml(
+                "default-class",
+                &url,
+                "v1",
+                "  controller: akeyless-csi-provider"
+            ),
+        ))
+        .await;
+    for (es, store) in [
+        ("es-unclassed", "akeyless"),
+        ("es-custom", "custom"),
+        ("es-default-class", "default-class"),
+    ] {
+        staged
+            .apply(&rotating_es(es, store, "  refreshInterval: 1h"))
+            .await;
+    }
+    let env = staged.start(&["--skip-unclassed", "--controller-class", "team-x"]);
+    env.wait_ready("es-custom").await;
+    eventually("the other two to be skipped", WAIT, || async {
+        (env
+            .metric(
+                "akeyless_csi_controller_reconciles_total{kind=\"external_secret\",outcome=\"skipped\"}",
+            )
+            .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    for name in ["es-unclassed", "es-default-class"] {
+        assert!(env.es(name).await.data.get("status").is_none(), "{name}");
+        assert!(env.data(name).await.is_none(), "{name}");
+    }
+    for name in ["akeyless", "default-class"] {
+        let store = env.stores().get(name).await.unwrap();
+        assert!(store.data.get("status").is_none(), "{name}");
+    }
+    env.assert_no_leak(&[]);
+}
+
+/// Objects applied as `external-secrets.io/v1beta1` (what many clusters still hold) are served
+/// like v1 ones.
+#[tokio::test]
+async fn objects_applied_as_v1beta1_are_served() {
+    let Some(staged) = Staged::new("v1beta1", ROTATING).await else {
+        return;
+    };
+    let url = staged.akeyless.url();
+    staged
+        .apply(&store_yaml("beta-store", &url, "v1beta1", ""))
+        .await;
+    staged
+        .apply(
+            &rotating_es("beta", STORE, "  refreshInterval: 1h")
+                .replace("external-secrets.io/v1\n", "external-secrets.io/v1beta1\n")
+                .replace("{name: akeyless}", "{name: beta-store, kind: SecretStore}"),
+        )
+        .await;
+    let env = staged.start(&[]);
+    env.wait_ready("beta").await;
+    assert_eq!(env.data("beta").await.unwrap()["v"], "r1-ESOMARK");
+    let beta: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &common::eso::resource("ExternalSecret", "v1beta1"),
+    );
+    let es = beta.get("beta").await.unwrap();
+    assert_eq!(ready(&es).unwrap().1, "SecretSynced");
+    env.assert_no_leak(&[]);
 }

@@ -530,42 +530,48 @@ async fn fetch(
         let mut found = Vec::new();
         let mut extra: Vec<Extra> = Vec::new();
         let mut listing_failed = None;
-        for find in target.finds() {
-            match ctx
-                .fetcher
-                .find(
-                    identity,
-                    &token,
-                    &find.path,
-                    find.tags.values().next().map(String::as_str),
-                    deadline,
-                )
-                .await
-            {
-                Ok(items) => {
-                    let names: Listing = items
-                        .into_iter()
-                        .filter(|item| find.name.as_ref().is_none_or(|re| re.is_match(&item.name)))
-                        .filter(|item| find.tags.values().all(|t| item.tags.contains(t)))
-                        .map(|item| (item.name, item.kind))
-                        .collect();
-                    for (name, kind) in &names {
-                        extra.push(Extra {
-                            item: ItemRef {
-                                name: name.clone(),
-                                version: None,
-                            },
-                            kind: kind.clone(),
-                            optional: true,
-                        });
+        'finds: for find in target.finds() {
+            // ESO's Akeyless provider: one listing per tag value, and every item any of them
+            // listed (no tags: one listing, filtered by name).
+            let tags: Vec<Option<&str>> = if find.tags.is_empty() {
+                vec![None]
+            } else {
+                find.tags.values().map(|t| Some(t.as_str())).collect()
+            };
+            let mut names: Listing = Vec::new();
+            for tag in tags {
+                match ctx
+                    .fetcher
+                    .find(identity, &token, &find.path, tag, deadline)
+                    .await
+                {
+                    Ok(items) => names.extend(
+                        items
+                            .into_iter()
+                            .filter(|item| {
+                                find.name.as_ref().is_none_or(|re| re.is_match(&item.name))
+                            })
+                            .map(|item| (item.name, item.kind)),
+                    ),
+                    Err(e) => {
+                        listing_failed = Some(e);
+                        break 'finds;
                     }
-                    found.push((find_key(find), names));
-                }
-                Err(e) => {
-                    listing_failed = Some(e);
-                    break;
                 }
             }
+            names.sort_by(|a, b| a.0.cmp(&b.0));
+            names.dedup_by(|a, b| a.0 == b.0);
+            for (name, kind) in &names {
+                extra.push(Extra {
+                    item: ItemRef {
+                        name: name.clone(),
+                        version: None,
+                    },
+                    kind: kind.clone(),
+                    optional: true,
+                });
+            }
+            found.push((find_key(find), names));
         }
         if let Some(e) = listing_failed {
             if e.is_unauthorized() && !relogged {

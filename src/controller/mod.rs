@@ -107,8 +107,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The requeue after a failure of `object`: exponential per object, with full jitter.
+    /// The requeue after a failure of `object`: exponential per object, with full jitter;
+    /// logged (at debug) with the object's failure count, so the backoff can be followed.
     fn backoff(&self, object: ObjectRef<DynamicObject>) -> Duration {
+        let (kind, namespace, name) = (
+            object.dyntype.kind.clone(),
+            object.namespace.clone().unwrap_or_default(),
+            object.name.clone(),
+        );
         let n = {
             let mut failures = lock(&self.failures);
             let n = failures.entry(object).or_default();
@@ -123,6 +129,7 @@ impl Ctx {
         let floor = self.options.min_backoff.min(ceiling);
         let jittered =
             rand::rng().random_range(floor.as_millis() as u64..=ceiling.as_millis() as u64);
+        tracing::debug!(%kind, %namespace, %name, failures = n, retry_in_ms = jittered, "backing off");
         Duration::from_millis(jittered)
     }
 

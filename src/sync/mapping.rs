@@ -102,7 +102,8 @@ pub struct DataRef {
     pub remote: RemoteRef,
 }
 
-/// `dataFrom[].find`: the items Akeyless lists under `path` that match the name and tags.
+/// `dataFrom[].find`: the items Akeyless lists under `path` that match the name and carry any of
+/// the tags (their values; ESO's Akeyless provider lists once per tag).
 #[derive(Debug, Clone)]
 pub struct Find {
     /// The folder to list (`/` when unset), always with a leading `/`.

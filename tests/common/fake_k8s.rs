@@ -15,6 +15,9 @@
 //! the tests compute; the ServiceAccount `forbidden` is refused with 403) and `GET
 //! .../serviceaccounts/{sa}` (for workload-identity annotations).
 //! Not covered: PATCH / server-side apply, watches, lists, garbage collection, admission.
+//!
+//! For the `controller`, which needs all of those, [`FaultProxy`] puts the same kind of faults
+//! (conflicts, 403s, 503s, dropped watches) in front of the real control plane instead.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -572,4 +575,239 @@ async fn service_account(State(inner): Shared, Path((ns, sa)): Path<(String, Str
         "metadata": {"name": sa, "namespace": ns, "uid": "sa-uid", "annotations": annotations},
     }))
     .into_response()
+}
+
+// ---- A fault proxy in front of the real API server ---------------------------------------------
+
+/// The real API server (`control_plane`) behind a plain-HTTP proxy on 127.0.0.1 that injects,
+/// on cue, the faults a real server cannot be made to produce: a write conflict on the next
+/// writes of a resource, a 403 on one verb of one resource, a 503 on one, and watches dropped
+/// mid-stream. Everything else is passed through as it is, with the caller's own credentials,
+/// so the API server's rules, watches and audit log stay real.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyFaults {
+    /// (verb, resource) → how many more requests get 409 Conflict.
+    conflicts: BTreeMap<(String, String), usize>,
+    /// (verb, resource) → the status every such request gets until healed.
+    refused: BTreeMap<(String, String), u16>,
+    /// Faults served, by (verb, resource, status).
+    served: BTreeMap<(String, String, u16), usize>,
+}
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    faults: Mutex<ProxyFaults>,
+    /// Bumped to end every watch in flight.
+    drops: tokio::sync::watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    /// A proxy to the API server at `upstream` (`https://…`), trusting `ca_pem`.
+    pub async fn start(upstream: &str, ca_pem: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let state = Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            http,
+            faults: Mutex::default(),
+            drops: tokio::sync::watch::channel(0).0,
+        });
+        let app = Router::new().fallback(proxy).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    /// A kubeconfig for this proxy with the token of `kubeconfig` (the same user, reaching the
+    /// API server through the proxy), written beside it.
+    pub fn kubeconfig(&self, kubeconfig: &std::path::Path) -> std::path::PathBuf {
+        let original: Value =
+            serde_json::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+        let mut config = original.clone();
+        config["clusters"][0]["cluster"] = json!({"server": format!("http://{}", self.addr)});
+        let path = kubeconfig.with_extension("proxied.kubeconfig");
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    }
+
+    /// The next `n` requests `verb` (get, list, watch, create, update, patch, delete) on
+    /// `resource` (`secrets`, `externalsecrets/status`, ...) answer 409 Conflict, as if another
+    /// writer had just changed the object.
+    pub fn conflict_next(&self, verb: &str, resource: &str, n: usize) {
+        self.faults()
+            .conflicts
+            .insert((verb.to_owned(), resource.to_owned()), n);
+    }
+
+    /// Every request `verb` on `resource` answers `status` (403, 503, ...) until healed.
+    pub fn refuse(&self, verb: &str, resource: &str, status: u16) {
+        self.faults()
+            .refused
+            .insert((verb.to_owned(), resource.to_owned()), status);
+    }
+
+    /// Removes every fault still pending.
+    pub fn heal(&self) {
+        let mut faults = self.faults();
+        faults.conflicts.clear();
+        faults.refused.clear();
+    }
+
+    /// Ends every watch in flight, mid-stream.
+    pub fn drop_watches(&self) {
+        self.state.drops.send_modify(|n| *n += 1);
+    }
+
+    /// Faults served so far on `verb` `resource` with `status`.
+    pub fn served(&self, verb: &str, resource: &str, status: u16) -> usize {
+        self.faults()
+            .served
+            .get(&(verb.to_owned(), resource.to_owned(), status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, ProxyFaults> {
+        self.state.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The verb and resource (with its subresource) of a Kubernetes API request.
+fn classify(method: &axum::http::Method, path: &str, query: Option<&str>) -> (String, String) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match parts.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => &[][..],
+    };
+    let rest = match rest {
+        ["namespaces", _ns, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+        _ => (String::new(), false),
+    };
+    let watch = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+    let verb = match *method {
+        axum::http::Method::GET if watch => "watch",
+        axum::http::Method::GET if named => "get",
+        axum::http::Method::GET => "list",
+        axum::http::Method::POST => "create",
+        axum::http::Method::PUT => "update",
+        axum::http::Method::PATCH => "patch",
+        axum::http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    (verb.to_owned(), resource)
+}
+
+async fn proxy(State(state): State<Arc<ProxyState>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let (verb, resource) = classify(&parts.method, &path, query.as_deref());
+    {
+        let mut faults = state.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (verb.clone(), resource.clone());
+        let fault = if let Some(n) = faults.conflicts.get_mut(&key).filter(|n| **n > 0) {
+            *n -= 1;
+            Some(409)
+        } else {
+            faults.refused.get(&key).copied()
+        };
+        if let Some(code) = fault {
+            *faults
+                .served
+                .entry((verb.clone(), resource.clone(), code))
+                .or_default() += 1;
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let (reason, message) = match code {
+                StatusCode::CONFLICT => (
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {resource}: the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                ),
+                StatusCode::FORBIDDEN => (
+                    "Forbidden",
+                    format!(
+                        "{resource} is forbidden: User cannot {verb} resource \"{resource}\" (injected by the test proxy)"
+                    ),
+                ),
+                _ => (
+                    "ServiceUnavailable",
+                    "injected by the test proxy".to_owned(),
+                ),
+            };
+            return status(code, reason, &message);
+        }
+    }
+    let url = match &query {
+        Some(q) => format!("{}{path}?{q}", state.upstream),
+        None => format!("{}{path}", state.upstream),
+    };
+    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(body) => body,
+        Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body"),
+    };
+    let mut upstream = state.http.request(parts.method.clone(), &url).body(body);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::HOST {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let response = match upstream.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                &format!("the test proxy cannot reach the API server: {e}"),
+            );
+        }
+    };
+    let mut builder = axum::http::Response::builder().status(response.status().as_u16());
+    for (name, value) in response.headers() {
+        if name != axum::http::header::CONTENT_LENGTH
+            && name != axum::http::header::TRANSFER_ENCODING
+            && name != axum::http::header::CONNECTION
+        {
+            builder = builder.header(name.as_str(), value.as_bytes());
+        }
+    }
+    // The body is streamed (watches never end by themselves); a drop ends it with an error,
+    // which cuts the connection mid-stream.
+    let drops = state.drops.subscribe();
+    let stream = futures::stream::unfold(Some((response, drops)), |held| async move {
+        let (mut response, mut drops) = held?;
+        tokio::select! {
+            chunk = response.chunk() => match chunk {
+                Ok(Some(bytes)) => Some((Ok(bytes), Some((response, drops)))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            },
+            _ = drops.changed() => {
+                Some((Err(std::io::Error::other("watch dropped by the test proxy")), None))
+            }
+        }
+    });
+    builder
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY, "InternalError", "bad response"))
 }

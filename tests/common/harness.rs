@@ -243,6 +243,14 @@ impl Drop for Harness {
 }
 
 /// A loopback port nobody listens on right now.
+/// Whether `text` holds something shaped like an Akeyless token (`t-` + 32 hex digits).
+pub fn has_token(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+        .any(|w| {
+            w.len() == 34 && w.starts_with("t-") && w[2..].chars().all(|c| c.is_ascii_hexdigit())
+        })
+}
+
 pub fn free_port() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
