@@ -197,35 +197,45 @@ enum Field {
     List(&'static [(&'static str, Field)]),
 }
 
-/// Walks `value` against `fields`, reporting every unknown or unsupported field with its path.
+/// Walks `value` against `fields`, reporting every unknown or unsupported field with its path,
+/// and removes them from `value`, so the parsers that read it next report only what is wrong
+/// with the fields we read (every problem in one round, none twice).
 fn check_fields(
-    value: &Value,
+    value: &mut Value,
     fields: &'static [(&'static str, Field)],
     path: &str,
     kind: Kind,
     problems: &mut Problems,
 ) {
     let Value::Object(map) = value else { return };
-    for (name, child) in map {
+    map.retain(|name, child| {
         let at = format!("{path}.{name}");
         match fields.iter().find(|(n, _)| n == name) {
-            None => problems.unknown(&at, kind),
-            Some((_, Field::Read)) => {}
+            None => {
+                problems.unknown(&at, kind);
+                false
+            }
+            Some((_, Field::Read)) => true,
             Some((_, Field::Unsupported(why))) => {
                 if !child.is_null() {
                     problems.unsupported(&at, why);
                 }
+                false
             }
-            Some((_, Field::Object(inner))) => check_fields(child, inner, &at, kind, problems),
+            Some((_, Field::Object(inner))) => {
+                check_fields(child, inner, &at, kind, problems);
+                true
+            }
             Some((_, Field::List(inner))) => {
                 if let Value::Array(items) = child {
-                    for (i, item) in items.iter().enumerate() {
+                    for (i, item) in items.iter_mut().enumerate() {
                         check_fields(item, inner, &format!("{at}[{i}]"), kind, problems);
                     }
                 }
+                true
             }
         }
-    }
+    });
 }
 
 const REMOTE_REF: &[(&str, Field)] = &[
@@ -418,14 +428,44 @@ struct RawStoreRef {
 
 /// Parses an ExternalSecret's spec (not its mapping): every problem at once.
 pub fn external_secret_spec(spec: &Value) -> Result<ExternalSecretSpec, Problems> {
+    external_secret_parts(spec).0
+}
+
+/// An ExternalSecret named `name`: its spec and its mapping (the target Secret), parsed with
+/// every problem of both reported at once.
+pub fn external_secret(
+    name: &str,
+    spec: &Value,
+) -> Result<(ExternalSecretSpec, crate::sync::mapping::Target), Problems> {
+    let (parsed, cleaned) = external_secret_parts(spec);
+    let target = crate::sync::mapping::external_secret(name, &cleaned);
+    match (parsed, target) {
+        (Ok(spec), Ok(target)) => Ok((spec, target)),
+        (parsed, target) => {
+            let mut problems = parsed.err().unwrap_or_default();
+            if let Err(e) = target {
+                problems.0.extend(e.0);
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// The spec's own fields, and the spec without the fields reported as unknown or unsupported.
+fn external_secret_parts(spec: &Value) -> (Result<ExternalSecretSpec, Problems>, Value) {
+    let mut cleaned = spec.clone();
     let mut problems = Problems::default();
     check_fields(
-        spec,
+        &mut cleaned,
         EXTERNAL_SECRET_SPEC,
         "spec",
         Kind::ExternalSecret,
         &mut problems,
     );
+    (own_fields(&cleaned, problems), cleaned)
+}
+
+fn own_fields(spec: &Value, mut problems: Problems) -> Result<ExternalSecretSpec, Problems> {
     let raw: RawSpec = match serde_json::from_value(spec.clone()) {
         Ok(raw) => raw,
         Err(e) => {
@@ -704,6 +744,30 @@ mod tests {
                 "{expected} missing from {problems}"
             );
         }
+    }
+
+    #[test]
+    fn field_and_mapping_problems_come_in_one_round_and_once() {
+        let spec = json!({
+            "secretStoreRef": {"name": "s"},
+            "target": {"manifest": {"kind": "ConfigMap"}, "creationPolicy": "Sometimes"},
+            "data": [{"secretKey": "a b", "remoteRef": {"key": "/a", "metadataPolicy": "Fetch"}}]
+        });
+        let problems = external_secret("es", &spec).unwrap_err().0;
+        let text = problems.join("\n");
+        for expected in [
+            "spec.target.manifest is not supported",
+            "creationPolicy \"Sometimes\"",
+            "secretKey \"a b\"",
+            "metadataPolicy Fetch",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from {text}");
+        }
+        assert_eq!(
+            problems.iter().filter(|p| p.contains("manifest")).count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]

@@ -26,10 +26,10 @@ use super::eso::{self, ExternalSecretSpec, RefreshPolicy, StoreKind};
 use super::store::{StoreAccess, StoreError};
 use crate::akeyless::{Deadline, ItemRef};
 use crate::auth::AuthError;
-use crate::fetch::{Extra, FetchError, Fetched, LeaseScope, Lookup, Want};
+use crate::fetch::{Extra, FetchError, Fetched, Lookup, Want};
 use crate::params::ItemKind;
 use crate::secret::SecretBytes;
-use crate::sync::mapping::{self, CreationPolicy, DeletionPolicy, Find, Target};
+use crate::sync::mapping::{CreationPolicy, DeletionPolicy, Find, Target};
 use crate::sync::shape::{self, Source};
 use crate::sync::write::{self, Manager, Outcome};
 use crate::telemetry::metrics::{ReconcileKind, ReconcileOutcome, WriteOutcome};
@@ -165,14 +165,7 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
     };
     let key = ObjectRef::from_obj_with(object.as_ref(), ctx.kinds.external_secret.clone());
     // The spec: every problem at once, naming the field.
-    let raw = eso::spec(&object);
-    let parsed = eso::external_secret_spec(raw)
-        .map_err(|p| p.to_string())
-        .and_then(|spec| {
-            mapping::external_secret(&es.name, raw)
-                .map(|target| (spec, target))
-                .map_err(|e| e.0.join("; "))
-        });
+    let parsed = eso::external_secret(&es.name, eso::spec(&object));
     let (spec, target) = match parsed {
         Ok(parsed) => parsed,
         Err(problems) => {
@@ -351,7 +344,7 @@ async fn refresh(
     access: &StoreAccess,
 ) -> Result<(Outcome, Vec<String>), Failure> {
     let deadline = Deadline::after(ctx.options.refresh_timeout);
-    let values = fetch(ctx, es, target, access, deadline).await?;
+    let values = fetch(ctx, target, access, deadline).await?;
     let shaped = shape::shape(target, &values).map_err(|why| Failure {
         message: format!("Secret {}: {why}", target.name),
         retry: false,
@@ -513,7 +506,6 @@ fn find_key(find: &Find) -> String {
 /// Logs in (once per identity and token lifetime) and reads everything the target needs.
 async fn fetch(
     ctx: &Ctx,
-    es: &Es<'_>,
     target: &Target,
     access: &StoreAccess,
     deadline: Deadline,
@@ -531,9 +523,9 @@ async fn fetch(
         let mut extra: Vec<Extra> = Vec::new();
         let mut listing_failed = None;
         'finds: for find in target.finds() {
-            // ESO's Akeyless provider: one listing per tag value, and every item any of them
-            // listed (no tags: one listing, filtered by name).
-            let tags: Vec<Option<&str>> = if find.tags.is_empty() {
+            // ESO's Akeyless provider: by name, one listing filtered by the name (the tags are
+            // then not used); else one listing per tag value, and every item any of them listed.
+            let tags: Vec<Option<&str>> = if find.tags.is_empty() || find.name.is_some() {
                 vec![None]
             } else {
                 find.tags.values().map(|t| Some(t.as_str())).collect()
@@ -595,11 +587,12 @@ async fn fetch(
                 });
             }
         }
-        let uid = es.object.metadata.uid.clone().unwrap_or_default();
+        // Dynamic secrets are issued anew at every refresh, as ESO does (once per refresh, not
+        // per key): reused until 2/3 of their life, credentials could end before the next one.
         let want = Want {
             objects: &[],
             extra: &extra,
-            scope: LeaseScope::volume(&uid, "externalsecret"),
+            scope: None,
         };
         match ctx.fetcher.fetch(identity, &token, &want, deadline).await {
             Ok(fetched) => return Ok(Values { fetched, found }),
@@ -840,6 +833,7 @@ async fn publish(ctx: &Ctx, es: &Es<'_>, type_: EventType, reason: &str, note: S
 mod tests {
     use super::*;
     use crate::controller::eso::StoreRef;
+    use crate::sync::mapping;
 
     #[test]
     fn rotated_values_take_eso_shapes() {

@@ -103,7 +103,7 @@ impl StoreError {
     }
 }
 
-type Resolved = HashMap<(StoreRef, String), (Instant, u64, Result<StoreAccess, StoreError>)>;
+type Resolved = HashMap<(StoreRef, String), (Instant, u64, StoreAccess)>;
 
 /// The stores: their reflectors, and identities resolved recently.
 pub struct Stores {
@@ -185,7 +185,7 @@ impl Stores {
     }
 
     /// What an ExternalSecret in `namespace` reads `store` as: resolved once per store version
-    /// for a short while.
+    /// for a short while (failures are not kept).
     pub async fn access(
         &self,
         store: &StoreRef,
@@ -194,21 +194,21 @@ impl Stores {
         let object = self.object(store, namespace).await?;
         let version = generation_of(&object);
         let key = (store.clone(), namespace.to_owned());
-        if let Some((at, seen, result)) = super::lock(&self.resolved).get(&key)
+        if let Some((at, seen, access)) = super::lock(&self.resolved).get(&key)
             && *seen == version
             && at.elapsed() < RESOLVED_TTL
         {
-            return result.clone();
+            return Ok(access.clone());
         }
-        let result = self.resolve(store.kind, &object, Some(namespace)).await;
+        let access = self.resolve(store.kind, &object, Some(namespace)).await?;
         let mut resolved = super::lock(&self.resolved);
         if resolved.len() > 10_000 {
             resolved.retain(|_, (at, _, _)| at.elapsed() < RESOLVED_TTL);
         }
-        if !matches!(&result, Err(e) if e.transient()) {
-            resolved.insert(key, (Instant::now(), version, result.clone()));
-        }
-        result
+        // Only successes are kept: a store fixed by its user (a Secret created, a key corrected)
+        // works at the next attempt.
+        resolved.insert(key, (Instant::now(), version, access.clone()));
+        Ok(access)
     }
 
     /// Reads the store's spec and the objects it names into an identity, for an ExternalSecret
