@@ -12,9 +12,9 @@
 //!    and token cache: one login per store identity per token lifetime) and reports the store's
 //!    `Ready` condition, validated by a login;
 //! 4. [`external_secret`] decides when an ExternalSecret is due, reads its items through the
-//!    [`crate::fetch`] stage (batched, shared, leases reused), shapes the Secret with
-//!    [`crate::sync::shape`] and writes it with [`crate::sync::write`], under ESO's markers, then
-//!    its status and Events.
+//!    [`crate::fetch`] stage (batched, shared; dynamic secrets issued once per refresh), shapes
+//!    the Secret with [`crate::sync::shape`] and writes it with [`crate::sync::write`], under
+//!    ESO's markers, then its status and Events.
 //!
 //! kube-rs's runtime drives it: watches and reflectors, one `Controller` per kind with a work
 //! queue and requeues, and owned Secrets watched by metadata only, filtered by ESO's managed
