@@ -32,7 +32,8 @@ pub struct LogArgs {
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info`, `debug` or `akeyless_csi_provider=trace,info`
-    /// [default: info for serve and emulator, warn for mount and demo].
+    /// [default: info for serve and emulator, warn for the other commands (the demo also hides
+    /// its provider's audit events: `audit=off`)].
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_LEVEL")]
     pub log_level: Option<String>,
 }
@@ -46,11 +47,17 @@ impl Cli {
         } else {
             LogFormat::Text
         });
+        // The demo tells its own story; the audit events of its provider would interrupt it.
+        let quiet = if matches!(self.command, Command::Demo(_)) {
+            "warn,audit=off"
+        } else {
+            "warn"
+        };
         let level = self
             .log
             .log_level
             .clone()
-            .unwrap_or_else(|| if daemon { "info" } else { "warn" }.to_owned());
+            .unwrap_or_else(|| if daemon { "info" } else { quiet }.to_owned());
         (format, level)
     }
 }

@@ -67,6 +67,31 @@ pub struct MountConfig {
     pub sync_attributes: BTreeMap<String, String>,
 }
 
+impl MountConfig {
+    /// The SecretProviderClass as messages and audit events name it: `ns/name`, or by the pod
+    /// that mounts it when the request does not say (drivers up to v1.5 send no
+    /// `secretProviderClass` on rotation calls).
+    pub fn spc_label(&self) -> String {
+        match (&self.spc_name, self.pod_label()) {
+            (Some(name), _) => self.qualify(name),
+            (None, Some(pod)) => format!("the SecretProviderClass of pod {pod}"),
+            (None, None) => "a SecretProviderClass the driver did not name".to_owned(),
+        }
+    }
+
+    /// The pod as `ns/name`, when the driver named it.
+    pub fn pod_label(&self) -> Option<String> {
+        (!self.pod.name.is_empty()).then(|| self.qualify(&self.pod.name))
+    }
+
+    fn qualify(&self, name: &str) -> String {
+        match self.pod.namespace.as_str() {
+            "" => name.to_owned(),
+            ns => format!("{ns}/{name}"),
+        }
+    }
+}
+
 /// How the pod authenticates to Akeyless, as the SPC (and its nodePublishSecretRef) says.
 ///
 /// Nothing here is resolved yet: which pod token, provider default or node identity proves the
