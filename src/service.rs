@@ -6,6 +6,7 @@
 //! Every failure becomes a [`MountError`], mapped explicitly to a gRPC code, whose message names
 //! the SecretProviderClass, the objects and the fix — and never a value, key or token.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,18 +138,10 @@ impl Provider {
         // The Secrets' items join the files' batched reads; the mapping comes from the SPC object.
         let sync =
             crate::sync::prepare(self.inner.options.secret_sync.as_ref(), config, deadline).await?;
-        let extra = sync.as_ref().map(|p| p.items()).unwrap_or_default();
-        let mut optional = sync
-            .as_ref()
-            .map(|p| p.optional_items())
-            .unwrap_or_default();
-        for object in config.objects.iter().filter(|o| !o.optional) {
-            // A required file's item stays required for the Secrets too.
-            optional.remove(&ItemRef {
-                name: object.secret_path.clone(),
-                version: object.version,
-            });
-        }
+        let (extra, optional) = secret_reads(
+            sync.as_ref().map(crate::sync::Plan::mapping),
+            &config.objects,
+        );
         let want = Want {
             objects: &config.objects,
             extra: &extra,
@@ -254,6 +247,25 @@ impl CsiDriverProvider for Provider {
         audit.emit(&outcome, elapsed);
         outcome.map(Response::new).map_err(|e| e.to_status())
     }
+}
+
+/// What a mount reads for its Kubernetes Secrets besides its files: the mapping's items, and
+/// those of them that may be missing (a required file's item stays required).
+pub fn secret_reads(
+    mapping: Option<&crate::sync::mapping::Mapping>,
+    objects: &[params::ObjectSpec],
+) -> (Vec<ItemRef>, BTreeSet<ItemRef>) {
+    let Some(mapping) = mapping else {
+        return (Vec::new(), BTreeSet::new());
+    };
+    let mut optional = mapping.optional_items();
+    for object in objects.iter().filter(|o| !o.optional) {
+        optional.remove(&ItemRef {
+            name: object.secret_path.clone(),
+            version: object.version,
+        });
+    }
+    (mapping.items(), optional)
 }
 
 /// Runs a mount so that a panic anywhere in it fails this request only, never the connection

@@ -38,6 +38,28 @@ pub mod keys {
     pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
     pub const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
     pub const SA_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+
+    /// The SecretProviderClass parameters the provider reads here (mirroring into Secrets adds
+    /// [`crate::sync::SECRET_SYNC`] and [`crate::sync::FAILURE_POLICY`]).
+    pub const SPC_PARAMETERS: &[&str] = &[
+        GATEWAY_URL,
+        ACCESS_ID,
+        ACCESS_TYPE,
+        ACCESS_KEY,
+        UID_TOKEN,
+        K8S_AUTH_CONFIG_NAME,
+        TOKEN_AUDIENCE,
+        AZURE_OBJECT_ID,
+        AZURE_CLIENT_ID,
+        AZURE_TENANT_ID,
+        AWS_ROLE_ARN,
+        GCP_AUDIENCE,
+        GCP_SERVICE_ACCOUNT,
+        GCP_WORKLOAD_IDENTITY_AUDIENCE,
+        OBJECTS,
+    ];
+    /// Parameters of SecretProviderClasses written for the Go provider that nothing reads.
+    pub const IGNORED: &[&str] = &["vaultKubernetesMountPath"];
 }
 
 /// The driver's default `permission` ("420" = 0644) when a request carries none.
