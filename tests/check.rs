@@ -63,6 +63,27 @@ fn findings(report: &Value) -> Vec<(String, String, Option<u64>, String)> {
         .collect()
 }
 
+/// Mounts `spc` through the harness's provider as the driver would, for pod `uid`.
+async fn mount_spc(h: &Harness, spc: &str, uid: &str) -> Result<(), tonic::Status> {
+    let secrets = BTreeMap::from([("akeylessAccessKey".to_owned(), ACCESS_KEY.to_owned())]);
+    let pod = akeyless_csi_provider::mount_cli::PodIdentity {
+        namespace: None,
+        name: "web-1".to_owned(),
+        uid: uid.to_owned(),
+        service_account: "web".to_owned(),
+    };
+    let request = akeyless_csi_provider::mount_cli::build_request(
+        spc,
+        Path::new("spc.yaml"),
+        &pod,
+        &secrets,
+        None,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    h.mount(request).await.map(|_| ())
+}
+
 const BAD: &str = r#"apiVersion: secrets-store.csi.x-k8s.io/v1
 kind: SecretProviderClass
 metadata:
@@ -301,23 +322,9 @@ async fn check_says_what_the_provider_says() {
         .collect();
     assert!(problems.len() >= 4, "{problems:#?}");
 
-    let secrets = BTreeMap::from([("akeylessAccessKey".to_owned(), ACCESS_KEY.to_owned())]);
-    let pod = akeyless_csi_provider::mount_cli::PodIdentity {
-        namespace: None,
-        name: "web-1".to_owned(),
-        uid: "3f1c2e9a-0000-4000-8000-000000000009".to_owned(),
-        service_account: "web".to_owned(),
-    };
-    let request = akeyless_csi_provider::mount_cli::build_request(
-        &spc,
-        Path::new("spc.yaml"),
-        &pod,
-        &secrets,
-        None,
-        &BTreeMap::new(),
-    )
-    .unwrap();
-    let status = h.mount(request).await.unwrap_err();
+    let status = mount_spc(&h, &spc, "3f1c2e9a-0000-4000-8000-000000000009")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     for problem in &problems {
         assert!(
@@ -375,23 +382,9 @@ async fn the_plan_is_what_a_mount_does() {
         .collect();
     assert_eq!(files, ["item-0", "one", "v1", "two", "j"]);
 
-    let secrets = BTreeMap::from([("akeylessAccessKey".to_owned(), ACCESS_KEY.to_owned())]);
-    let pod = akeyless_csi_provider::mount_cli::PodIdentity {
-        namespace: None,
-        name: "web-1".to_owned(),
-        uid: "3f1c2e9a-0000-4000-8000-00000000000a".to_owned(),
-        service_account: "web".to_owned(),
-    };
-    let request = akeyless_csi_provider::mount_cli::build_request(
-        &spc,
-        Path::new("spc.yaml"),
-        &pod,
-        &secrets,
-        None,
-        &BTreeMap::new(),
-    )
-    .unwrap();
-    h.mount(request).await.expect("mounted");
+    mount_spc(&h, &spc, "3f1c2e9a-0000-4000-8000-00000000000a")
+        .await
+        .expect("mounted");
     assert_eq!(h.akeyless.calls("/auth"), 1);
     assert_eq!(h.akeyless.calls("/describe-item"), count("describe-item"));
     // The described items are static: they join the batches the plan lists.

@@ -13,7 +13,7 @@ pub mod issue;
 pub mod lease;
 pub mod plan;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -360,11 +360,7 @@ impl Fetcher {
         deadline: Deadline,
     ) -> Result<Fetched, FetchError> {
         let refs = references(want);
-        let required: HashSet<&str> = refs
-            .iter()
-            .filter(|r| !r.optional)
-            .map(|r| r.name)
-            .collect();
+        let required = plan::required(&refs);
         let mut fetched = Fetched::default();
 
         // Types of undeclared items (unless another object declares the item's type) and

@@ -7,6 +7,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::{Ref, Unit, Want, references};
 use crate::params::{ItemKind, ObjectSpec, Shape};
 
+/// The items some non-optional object needs: missing ones fail the mount.
+pub(super) fn required<'a>(refs: &[Ref<'a>]) -> HashSet<&'a str> {
+    refs.iter()
+        .filter(|r| !r.optional)
+        .map(|r| r.name)
+        .collect()
+}
+
 /// The first reads of a mount.
 pub(super) struct FirstReads<'a> {
     /// Items no object declares a type for: `/describe-item` unless the type is remembered.
@@ -124,11 +132,7 @@ pub struct Call {
 /// batch of their version), so they appear as one read "by type".
 pub fn calls(want: &Want<'_>) -> Vec<Call> {
     let refs = references(want);
-    let required: HashSet<&str> = refs
-        .iter()
-        .filter(|r| !r.optional)
-        .map(|r| r.name)
-        .collect();
+    let required = required(&refs);
     let first = first_reads(&refs, want);
     let mut calls: Vec<Call> = first
         .describe
