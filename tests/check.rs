@@ -120,6 +120,9 @@ metadata: {name: synced, namespace: shop}
 spec:
   provider: akeyless
   parameters:
+    akeylessAccessID: "p-1"
+    akeylessAccessType: "jwt"
+    akeylessAWSRoleARN: "arn:aws:iam::123456789012:role/web"
     objects: |
       - {secretPath: /a, fileName: a}
   secretObjects:
@@ -203,13 +206,15 @@ fn every_problem_at_once_with_field_line_and_exit_code_1() {
     let object = find("objectName \"nope\" is not a file of this volume");
     assert_eq!(
         (object.1.as_str(), object.2),
-        ("spec.secretObjects[0].data[0].objectName", Some(43))
+        ("spec.secretObjects[0].data[0].objectName", Some(46))
     );
     assert!(
         all.iter()
             .any(|f| f.0 == "note" && f.3.contains("--sync-secrets")),
         "{all:#?}"
     );
+    let other_type = find("akeylessAWSRoleARN: applies to akeylessAccessType aws_iam only");
+    assert_eq!(other_type.2, Some(39), "{other_type:?}");
 
     // The same, for people: file:line: severity: the SPC: the message.
     let text = check(&[path.to_str().unwrap()], None);
@@ -308,7 +313,9 @@ fn a_rendered_stream_on_stdin_checks_only_akeyless_spcs() {
 #[tokio::test]
 async fn check_says_what_the_provider_says() {
     let h = Harness::start(seed(2)).await;
-    let spc = BAD
+    // The first SPC of BAD, with an access id and without what only the manifest shows.
+    let first = BAD.split("\n---\n").next().unwrap();
+    let spc = first
         .replace("    akeylessAcessID: \"p-123\"\n", &format!("    akeylessAccessID: \"{ACCESS_ID}\"\n"))
         .replace("    version: 3\n", "")
         .replace("    secretSync: |\n      - target: {name: Bad_Name}\n        dataFrom:\n          - extract: {key: /a}\n", "");

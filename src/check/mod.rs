@@ -412,6 +412,9 @@ enum Inner {
 
 /// The manifest field a provider message is about, and where inside the parameter's text.
 fn place(parameter: &str, message: &str) -> (String, Option<Inner>) {
+    if parameter.is_empty() {
+        return ("spec.parameters".to_owned(), None);
+    }
     let base = format!("spec.parameters.{parameter}");
     // `objects[2] (/a): …`, `secretSync[0] (x): …`, `objects: array[1]: …`
     let labelled = message
@@ -547,6 +550,7 @@ impl SpcCheck<'_> {
         };
         let mapping = self.secret_sync(&spc.spec.parameters, namespace);
         let config = config?;
+        self.auth_parameters(&spc.spec.parameters, &config);
         let identity = self.identity(&config);
         self.secret_objects(value, &config);
         plan.then(|| planned(&config, identity, mapping.as_ref()))
@@ -727,6 +731,33 @@ impl SpcCheck<'_> {
                 }
                 None
             }
+        }
+    }
+
+    /// Parameters of another access type than the one in effect, which the provider ignores:
+    /// left from a copy, or the wrong `akeylessAccessType`.
+    fn auth_parameters(&mut self, parameters: &BTreeMap<String, String>, config: &MountConfig) {
+        let access = &config.access;
+        // Without an access id or a type, the provider's own type applies: not known here.
+        if access.access_type.is_none() && access.access_id.is_empty() {
+            return;
+        }
+        let effective = access.effective_type();
+        for key in parameters.keys() {
+            let readers = AccessType::reading(key);
+            if readers.is_empty() || readers.contains(&effective) {
+                continue;
+            }
+            let readers: Vec<&str> = readers.iter().map(|t| t.as_str()).collect();
+            self.error(
+                &format!("spec.parameters.{key}"),
+                format!(
+                    "{key}: applies to {} {} only, and this SecretProviderClass's is {effective}: remove it, or correct {}",
+                    keys::ACCESS_TYPE,
+                    readers.join(", "),
+                    keys::ACCESS_TYPE
+                ),
+            );
         }
     }
 
@@ -950,5 +981,168 @@ fn planned(
             .map(|m| m.written().map(|t| t.name.clone()).collect())
             .unwrap_or_default(),
         calls: calls(&want),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(report: &FileReport) -> Vec<&Finding> {
+        report
+            .documents
+            .iter()
+            .flat_map(|d| &d.findings)
+            .filter(|f| f.severity == Severity::Error)
+            .collect()
+    }
+
+    #[test]
+    fn provider_messages_are_placed_by_their_label() {
+        let field = |parameter, message| place(parameter, message).0;
+        assert_eq!(
+            field("objects", "objects[12] (/a): type: pki needs commonName"),
+            "spec.parameters.objects[12]"
+        );
+        assert_eq!(
+            field("objects", "objects: array[1]: unknown field"),
+            "spec.parameters.objects[1]"
+        );
+        assert!(matches!(
+            place("objects", "objects: not a YAML list of {secretPath, fileName}: did not find expected node content at line 3 column 1").1,
+            Some(Inner::Line(3))
+        ));
+        assert_eq!(
+            field("secretSync", "secretSync[0] (web): target.name must be"),
+            "spec.parameters.secretSync[0]"
+        );
+        assert_eq!(
+            field("", "attributes: not a JSON object"),
+            "spec.parameters"
+        );
+        assert_eq!(
+            parameter_of("akeylessAccessType: \"x\" is not"),
+            keys::ACCESS_TYPE
+        );
+        assert_eq!(parameter_of("objects[0] (/a): x"), keys::OBJECTS);
+        assert_eq!(
+            parameter_of("secretSyncFailurePolicy: x"),
+            sync::FAILURE_POLICY
+        );
+        assert_eq!(parameter_of("secretSync[1] (a): x"), sync::SECRET_SYNC);
+        assert_eq!(parameter_of("something else"), "");
+    }
+
+    /// Written for Akeyless's Go provider: its leftovers and inline key are notes, not errors.
+    #[test]
+    fn a_go_provider_spc_checks_clean() {
+        let spc = r#"
+apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: akeyless-test
+spec:
+  provider: akeyless
+  parameters:
+    akeylessGatewayURL: "https://api.akeyless.io"
+    akeylessAccessID: "p-xxxxxxxx"
+    akeylessAccessKey: "inline"
+    vaultKubernetesMountPath: "kubernetes"
+    objects: |
+      - secretPath: "/path/to/secret"
+        fileName: "secret"
+        secretType: "static"
+        secretArgs: {}
+"#;
+        let report = check_text("go.yaml", spc, true);
+        assert!(errors(&report).is_empty(), "{report:#?}");
+        let notes: Vec<&str> = report.documents[0]
+            .findings
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("vaultKubernetesMountPath: ignored"))
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("akeylessAccessKey: a credential in"))
+        );
+        let plan = report.documents[0].plan.as_ref().unwrap();
+        assert_eq!(plan.files[0].path, "secret");
+        assert_eq!(plan.calls[0].command, "describe-item");
+        assert_eq!(report.documents[0].name, "akeyless-test");
+    }
+
+    #[test]
+    fn auth_parameters_of_another_type_and_flags_it_needs() {
+        let spc = |params: &str| {
+            format!(
+                "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {{name: a, namespace: b}}\nspec:\n  provider: akeyless\n  parameters:\n{params}    objects: \"- secretPath: /a\"\n"
+            )
+        };
+        let report = check_text(
+            "a.yaml",
+            &spc(
+                "    akeylessAccessID: p-1\n    akeylessAccessType: k8s\n    akeylessGCPAudience: x\n    akeylessGatewayURL: https://gw:8000/api/v2\n",
+            ),
+            false,
+        );
+        let found = errors(&report);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].line, Some(9));
+        assert!(
+            found[0]
+                .message
+                .contains("applies to akeylessAccessType gcp only")
+        );
+        let notes: Vec<&str> = report.documents[0]
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Note)
+            .map(|f| f.message.as_str())
+            .collect();
+        assert!(
+            notes.iter().any(|n| n.contains("audience \"akeyless\""))
+                && notes
+                    .iter()
+                    .any(|n| n.contains("AKEYLESS_K8S_AUTH_CONFIG_NAME")),
+            "{notes:#?}"
+        );
+        // gcp without a workload identity: the node's identity, a flag away.
+        let report = check_text(
+            "g.yaml",
+            &spc("    akeylessAccessID: p-1\n    akeylessAccessType: gcp\n"),
+            false,
+        );
+        assert!(errors(&report).is_empty(), "{report:#?}");
+        assert!(
+            report.documents[0]
+                .findings
+                .iter()
+                .any(|f| f.message.contains("--node-identity"))
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        let clean = check_text("a.yaml", "kind: ConfigMap\n", false);
+        let bad = check_text(
+            "b.yaml",
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: a}\nspec:\n  provider: akeyless\n",
+            false,
+        );
+        assert_eq!(
+            errors(&bad)[0].message,
+            "spec.parameters is empty; the driver refuses such a SecretProviderClass"
+        );
+        let broken = check_text("c.yaml", "a: [\n", false);
+        let code = |files: Vec<FileReport>| Report { files }.exit_code();
+        assert_eq!(code(vec![clean]), 0);
+        assert_eq!(code(vec![bad]), 1);
+        assert_eq!(code(vec![broken]), 2);
     }
 }

@@ -200,6 +200,39 @@ impl AccessType {
     pub fn names() -> String {
         Self::ALL.map(|(n, _)| n).join(", ")
     }
+
+    /// The parameters only some access types read, and which: what [`crate::auth`] reads for
+    /// this type. The others ignore them.
+    pub fn own_parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::AccessKey => &[keys::ACCESS_KEY],
+            Self::UniversalIdentity => &[keys::UID_TOKEN],
+            Self::K8s => &[keys::K8S_AUTH_CONFIG_NAME, keys::TOKEN_AUDIENCE],
+            Self::Jwt | Self::Oidc => &[keys::TOKEN_AUDIENCE],
+            Self::AzureAd => &[
+                keys::AZURE_CLIENT_ID,
+                keys::AZURE_TENANT_ID,
+                keys::AZURE_OBJECT_ID,
+                keys::TOKEN_AUDIENCE,
+            ],
+            Self::AwsIam => &[keys::AWS_ROLE_ARN, keys::TOKEN_AUDIENCE],
+            Self::Gcp => &[
+                keys::GCP_AUDIENCE,
+                keys::GCP_SERVICE_ACCOUNT,
+                keys::GCP_WORKLOAD_IDENTITY_AUDIENCE,
+                keys::TOKEN_AUDIENCE,
+            ],
+        }
+    }
+
+    /// The access types that read `parameter`, when only some do.
+    pub fn reading(parameter: &str) -> Vec<AccessType> {
+        Self::ALL
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| t.own_parameters().contains(&parameter))
+            .collect()
+    }
 }
 
 impl fmt::Display for AccessType {
