@@ -17,7 +17,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::proto::v1alpha1::VersionRequest;
 use crate::telemetry::metrics::Metrics;
 
 /// How long the readiness probe's own `Version` call may take.
@@ -63,25 +62,10 @@ impl Health {
         let Some(socket) = &self.socket else {
             return Ok(());
         };
-        let probe = async {
-            let mut client = crate::mount_cli::connect(socket)
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .version(VersionRequest {
-                    version: crate::service::API_VERSION.to_owned(),
-                })
-                .await
-                .map_err(|s| format!("Version failed: {}", s.message()))?;
-            Ok::<_, String>(())
-        };
-        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "Version through {} did not answer within {PROBE_TIMEOUT:?}",
-                socket.display()
-            )),
-        }
+        crate::mount_cli::version(socket, PROBE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

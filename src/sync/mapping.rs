@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::akeyless::ItemRef;
 use crate::template::Template;
 
 /// What the SPC asks to mirror, and what a failed sync does to the mount.
@@ -184,6 +185,55 @@ impl Target {
     }
 }
 
+impl Mapping {
+    /// The items (and pinned versions) the Secrets read directly, to join the mount's batched
+    /// reads.
+    pub fn items(&self) -> Vec<ItemRef> {
+        let items: BTreeSet<(&str, Option<u32>)> = self
+            .written()
+            .flat_map(Target::remote_refs)
+            .map(|remote| (remote.key.as_str(), remote.version))
+            .collect();
+        items
+            .into_iter()
+            .map(|(name, version)| ItemRef {
+                name: name.to_owned(),
+                version,
+            })
+            .collect()
+    }
+
+    /// Items read only for `deletionPolicy: Delete` targets: when Akeyless no longer has one,
+    /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
+    pub fn optional_items(&self) -> BTreeSet<ItemRef> {
+        let reads = |t: &Target| {
+            t.remote_refs()
+                .map(|r| ItemRef {
+                    name: r.key.clone(),
+                    version: r.version,
+                })
+                .collect::<Vec<_>>()
+        };
+        let required: BTreeSet<ItemRef> = self
+            .written()
+            .filter(|t| t.deletion != DeletionPolicy::Delete)
+            .flat_map(reads)
+            .collect();
+        self.written()
+            .filter(|t| t.deletion == DeletionPolicy::Delete)
+            .flat_map(reads)
+            .filter(|item| !required.contains(item))
+            .collect()
+    }
+
+    /// The targets written (creationPolicy None only reads).
+    pub fn written(&self) -> impl Iterator<Item = &Target> {
+        self.targets
+            .iter()
+            .filter(|t| t.creation != CreationPolicy::None)
+    }
+}
+
 /// Invalid mapping: every problem found.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid secretSync: {}", .0.join("; "))]
@@ -350,7 +400,7 @@ pub fn parse(
             FailurePolicy::Fail
         }
     };
-    let raw: Vec<RawEntry> = match serde_norway::from_str(text) {
+    let raw: Vec<serde_norway::Value> = match serde_norway::from_str(text) {
         Ok(list) => list,
         Err(e) => {
             let at = e
@@ -373,6 +423,20 @@ pub fn parse(
     let mut targets = Vec::new();
     let dialect = Dialect::SecretSync { namespace };
     for (i, entry) in raw.into_iter().enumerate() {
+        // Entry by entry, so that a typo in one entry does not hide the problems of the others.
+        let name = entry
+            .get("target")
+            .and_then(|t| t.get("name"))
+            .and_then(serde_norway::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let entry = match serde_norway::from_value::<RawEntry>(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                problems.push(format!("secretSync[{i}] ({name}): {e}"));
+                continue;
+            }
+        };
         let t = &entry.target;
         let label = format!("secretSync[{i}] ({})", t.name);
         if is_dns_subdomain(&t.name) && !names.insert(t.name.clone()) {

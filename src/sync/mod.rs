@@ -25,7 +25,7 @@ use crate::akeyless::{Deadline, ItemRef};
 use crate::params::MountConfig;
 use crate::render::Values;
 use crate::secret::SecretBytes;
-use mapping::{CreationPolicy, DeletionPolicy, FailurePolicy, Mapping, Target};
+use mapping::{FailurePolicy, Mapping};
 
 /// The SPC parameter holding the mapping.
 pub const SECRET_SYNC: &str = "secretSync";
@@ -241,47 +241,9 @@ async fn get_spc(
 }
 
 impl Plan {
-    /// The items (and pinned versions) the Secrets need, to join the mount's batched reads.
-    pub fn items(&self) -> Vec<ItemRef> {
-        let items: BTreeSet<(String, Option<u32>)> = self
-            .written()
-            .flat_map(Target::remote_refs)
-            .map(|remote| (remote.key.clone(), remote.version))
-            .collect();
-        items
-            .into_iter()
-            .map(|(name, version)| ItemRef { name, version })
-            .collect()
-    }
-
-    /// Items read only for `deletionPolicy: Delete` targets: when Akeyless no longer has one,
-    /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
-    pub fn optional_items(&self) -> BTreeSet<ItemRef> {
-        let reads = |t: &Target| {
-            t.remote_refs()
-                .map(|r| ItemRef {
-                    name: r.key.clone(),
-                    version: r.version,
-                })
-                .collect::<Vec<_>>()
-        };
-        let required: BTreeSet<ItemRef> = self
-            .written()
-            .filter(|t| t.deletion != DeletionPolicy::Delete)
-            .flat_map(reads)
-            .collect();
-        self.written()
-            .filter(|t| t.deletion == DeletionPolicy::Delete)
-            .flat_map(reads)
-            .filter(|item| !required.contains(item))
-            .collect()
-    }
-
-    fn written(&self) -> impl Iterator<Item = &Target> {
-        self.mapping
-            .targets
-            .iter()
-            .filter(|t| t.creation != CreationPolicy::None)
+    /// The mapping being applied.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// Writes every target Secret that changed. Under `secretSyncFailurePolicy: Warn` a failure
@@ -307,7 +269,7 @@ impl Plan {
     async fn apply_all(&self, values: &Values) -> Result<(), SyncError> {
         let api: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.client.clone(), &self.namespace);
-        for target in self.written() {
+        for target in self.mapping.written() {
             let shaped = shape::shape(target, values)
                 .map_err(|why| SyncError::Refused(format!("Secret {}: {why}", target.name)))?;
             let desired = write::Desired {
