@@ -14,11 +14,11 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::Ctx;
@@ -40,6 +40,38 @@ const SYNC_ERROR: &str = "SecretSyncedError";
 const DELETED: &str = "SecretDeleted";
 const MISSING: &str = "SecretMissing";
 
+/// Where a watched Secret's cached copy keeps the hash of its data, which is dropped: set in
+/// this process's memory only, never sent to the API server.
+pub const OBSERVED_HASH: &str = "akeyless-csi-provider.internal/observed-data-hash";
+
+/// Reduces a watched Secret to what refreshes are decided on: its data becomes its hash (no
+/// value is kept in memory), its managed fields go.
+fn keep_hash_only(secret: &mut Secret) {
+    let data = secret.data.take().unwrap_or_default();
+    let hash = eso::data_hash(data.iter().map(|(k, v)| (k, v.0.as_slice())));
+    secret.string_data = None;
+    secret.metadata.managed_fields = None;
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(OBSERVED_HASH.to_owned(), hash);
+}
+
+/// The observed hash of a Secret's data: from its cached copy, else computed.
+fn observed_hash(secret: &Secret) -> String {
+    if let Some(hash) = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OBSERVED_HASH))
+    {
+        return hash.clone();
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    eso::data_hash(data.iter().map(|(k, v)| (k, v.0.as_slice())))
+}
+
 /// Why a reconcile failed; retried with backoff (the status already says why).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -50,7 +82,11 @@ pub enum ReconcileError {
 }
 
 /// Runs the ExternalSecret controller until `stop`.
-pub async fn run(ctx: Arc<Ctx>, stop: Shared<BoxFuture<'static, ()>>) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    secrets_writer: Writer<Secret>,
+    stop: Shared<BoxFuture<'static, ()>>,
+) {
     let secrets = match &ctx.options.namespace {
         Some(ns) => Api::<Secret>::namespaced(ctx.client.clone(), ns),
         None => Api::<Secret>::all(ctx.client.clone()),
@@ -58,8 +94,15 @@ pub async fn run(ctx: Arc<Ctx>, stop: Shared<BoxFuture<'static, ()>>) {
     let managed = watcher::Config::default()
         .labels(&format!("{}=true", eso::LABEL_MANAGED))
         .any_semantic();
+    // One watch of the managed Secrets: it fills `ctx.secrets` and wakes their owners when one
+    // changes or goes.
+    let managed_secrets = watcher::watcher(secrets, managed)
+        .default_backoff()
+        .modify(keep_hash_only)
+        .reflect(secrets_writer)
+        .touched_objects();
     let controller =
-        super::controller(&ctx, &ctx.kinds.external_secret, true).owns_with(secrets, (), managed);
+        super::controller(&ctx, &ctx.kinds.external_secret, true).owns_stream(managed_secrets);
     let externals = controller.store();
     let on_store = |kind: StoreKind| {
         let externals = externals.clone();
@@ -213,14 +256,25 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
             return Err(ReconcileError::Failed(message));
         }
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
-    let current = secrets.get_opt(&target.name).await.map_err(|e| {
-        ReconcileError::Failed(format!(
-            "{}: reading Secret {}: {e}",
-            es.label(),
-            target.name
-        ))
-    })?;
+    // The watched copy when the Secret is managed; else (not created yet, not managed, or the
+    // watch not yet listed) a read.
+    let cached = ctx
+        .secrets
+        .get(&ObjectRef::new(&target.name).within(&es.namespace))
+        .map(|s| Secret::clone(&s));
+    let current = match cached {
+        Some(secret) => Some(secret),
+        None => Api::<Secret>::namespaced(ctx.client.clone(), &es.namespace)
+            .get_opt(&target.name)
+            .await
+            .map_err(|e| {
+                ReconcileError::Failed(format!(
+                    "{}: reading Secret {}: {e}",
+                    es.label(),
+                    target.name
+                ))
+            })?,
+    };
     if !due(&object, &spec, &target, current.as_ref()) {
         ctx.metrics
             .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
@@ -387,31 +441,43 @@ async fn refresh(
     Ok((outcome, gone))
 }
 
-/// Owner Secrets this ExternalSecret created under an earlier `target.name` (ESO deletes them).
+/// Owner Secrets this ExternalSecret created under an earlier `target.name` (ESO deletes them),
+/// found among the watched managed Secrets (no list per refresh).
 async fn delete_renamed(ctx: &Ctx, es: &Es<'_>, target: &Target) {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
-    let selector = format!(
-        "{}={}",
-        eso::LABEL_CREATED_BY,
-        eso::owner_hash(&es.namespace, &es.name)
-    );
-    let Ok(list) = api
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await
-    else {
-        return;
-    };
+    let creator = eso::owner_hash(&es.namespace, &es.name);
     let uid = es.object.metadata.uid.as_deref();
-    for old in list.items {
-        let owned = old
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+    let renamed: Vec<Arc<Secret>> = ctx
+        .secrets
+        .state()
+        .into_iter()
+        .filter(|old| {
+            let meta = &old.metadata;
+            meta.namespace.as_deref() == Some(es.namespace.as_str())
+                && meta.name.as_deref() != Some(target.name.as_str())
+                && meta
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(eso::LABEL_CREATED_BY))
+                    .is_some_and(|c| *c == creator)
+                && meta
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+        })
+        .collect();
+    for old in renamed {
         let name = old.metadata.name.clone().unwrap_or_default();
-        if owned && name != target.name && api.delete(&name, &DeleteParams::default()).await.is_ok()
-        {
+        // Only the Secret watched: not one created again meanwhile under that name.
+        let precondition = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: old.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        if api.delete(&name, &precondition).await.is_ok() {
             publish(
                 ctx,
                 es,
@@ -703,9 +769,7 @@ fn valid(target: &Target, secret: Option<&Secret>) -> bool {
         .and_then(|l| l.get(eso::LABEL_MANAGED))
         .is_some_and(|v| v == "true");
     let hash = annotations.and_then(|a| a.get(eso::ANNOTATION_DATA_HASH));
-    let data = secret.data.clone().unwrap_or_default();
-    managed
-        && hash.is_some_and(|h| *h == eso::data_hash(data.iter().map(|(k, v)| (k, v.0.as_slice()))))
+    managed && hash.is_some_and(|h| *h == observed_hash(secret))
 }
 
 /// ESO's `syncedResourceVersion` of this object.
@@ -872,6 +936,36 @@ mod tests {
         object.metadata.generation = Some(generation);
         object.data = json!({"status": status});
         object
+    }
+
+    #[test]
+    fn a_watched_secret_keeps_its_hash_not_its_values() {
+        let owner = mapping::external_secret("es", &json!({})).unwrap();
+        let data = [("k".to_owned(), b"v-ESOMARK".to_vec())];
+        let hash = eso::data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
+        let mut secret = Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        secret.metadata.labels = Some([(eso::LABEL_MANAGED.to_owned(), "true".to_owned())].into());
+        secret.metadata.annotations =
+            Some([(eso::ANNOTATION_DATA_HASH.to_owned(), hash.clone())].into());
+        assert!(valid(&owner, Some(&secret)), "read from the API server");
+        let mut cached = secret.clone();
+        keep_hash_only(&mut cached);
+        assert!(cached.data.is_none(), "no value kept");
+        assert!(
+            valid(&owner, Some(&cached)),
+            "the same verdict from the cache"
+        );
+        // Someone edited the data: the watched copy's hash no longer matches the annotation.
+        secret.data = Some([("k".to_owned(), k8s_openapi::ByteString(b"edited".to_vec()))].into());
+        keep_hash_only(&mut secret);
+        assert!(!valid(&owner, Some(&secret)), "drift is seen");
     }
 
     #[test]

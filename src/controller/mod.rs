@@ -32,10 +32,11 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use rand::Rng;
 use url::Url;
@@ -102,6 +103,10 @@ pub struct Ctx {
     pub fetcher: Fetcher,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The Secrets under ESO's managed label, as last watched, with their data replaced by its
+    /// hash ([`external_secret::OBSERVED_HASH`]): what refreshes are decided on, without a read
+    /// per ExternalSecret and without holding values.
+    pub secrets: Store<Secret>,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
 }
@@ -187,7 +192,9 @@ pub async fn run(
         }
     };
     metrics.leader.set(1);
+    let (secrets, secrets_writer) = reflector::store();
     let ctx = Arc::new(Ctx {
+        secrets,
         stores: store::Stores::new(
             client.clone(),
             kinds.clone(),
@@ -215,7 +222,7 @@ pub async fn run(
     health.set_serving(true);
     let work = async {
         let stores = store::run(ctx.clone(), shutdown.clone());
-        let external_secrets = external_secret::run(ctx.clone(), shutdown.clone());
+        let external_secrets = external_secret::run(ctx.clone(), secrets_writer, shutdown.clone());
         futures::join!(stores, external_secrets);
     };
     let led = match leading {
