@@ -110,16 +110,11 @@ fn users_of(
         .state()
         .iter()
         .filter(|es| {
-            let spec = eso::spec(es);
-            let named = spec.pointer("/secretStoreRef/name").and_then(Value::as_str) == Some(name);
-            let of_kind = match spec.pointer("/secretStoreRef/kind").and_then(Value::as_str) {
-                None | Some("") | Some("SecretStore") => kind == StoreKind::SecretStore,
-                Some("ClusterSecretStore") => kind == StoreKind::ClusterSecretStore,
-                Some(_) => false,
-            };
+            let named =
+                eso::store_ref(eso::spec(es)).is_some_and(|r| r.kind == kind && r.name == name);
             let same_namespace = kind == StoreKind::ClusterSecretStore
                 || es.metadata.namespace.as_deref() == namespace;
-            named && of_kind && same_namespace
+            named && same_namespace
         })
         .map(|es| ObjectRef::from_obj_with(es.as_ref(), es_resource(es)))
         .collect()
@@ -164,6 +159,15 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
     };
     let key = ObjectRef::from_obj_with(object.as_ref(), ctx.kinds.external_secret.clone());
+    // Whose it is comes first: an ExternalSecret of another controller's store (ESO's) is left
+    // alone, even when it uses fields this controller does not implement.
+    if let Some(store) = eso::store_ref(eso::spec(&object))
+        && ctx.stores.foreign(&store, &es.namespace).await
+    {
+        ctx.metrics
+            .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
+        return Ok(Action::await_change());
+    }
     // The spec: every problem at once, naming the field.
     let parsed = eso::external_secret(&es.name, eso::spec(&object));
     let (spec, target) = match parsed {

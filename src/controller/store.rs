@@ -184,6 +184,18 @@ impl Stores {
             .ok_or(StoreError::NotFound { store: described })
     }
 
+    /// Whether `store`, as named by an ExternalSecret in `namespace`, is another controller's
+    /// (another provider or class, or a ClusterSecretStore while they are not served): such an
+    /// ExternalSecret is ESO's, left alone whatever fields it uses. A store that cannot be looked
+    /// up (missing, watches not synced) is not known to be another's.
+    pub async fn foreign(&self, store: &StoreRef, namespace: &str) -> bool {
+        match self.object(store, namespace).await {
+            Ok(object) => claimed(eso::spec(&object), &self.options).is_none(),
+            Err(StoreError::NotOurs(_)) => true,
+            Err(_) => false,
+        }
+    }
+
     /// What an ExternalSecret in `namespace` reads `store` as: resolved once per store version
     /// for a short while (failures are not kept).
     pub async fn access(
@@ -1113,6 +1125,19 @@ struct RawServiceAccountRef {
     audiences: Vec<String>,
 }
 
+/// The `akeyless` block of a store spec that is ours: an Akeyless provider, and our class (or
+/// none, unless `--skip-unclassed`); `None` for another provider's or controller's store.
+fn claimed(spec: &Value, options: &ControllerOptions) -> Option<Value> {
+    let raw: RawStoreSpec = serde_json::from_value(spec.clone()).unwrap_or_default();
+    let akeyless = raw.provider.as_ref().and_then(|p| p.get("akeyless"))?;
+    match raw.controller.as_deref().map(str::trim) {
+        None | Some("") if options.skip_unclassed => None,
+        None | Some("") => Some(akeyless.clone()),
+        Some(class) if class == options.class => Some(akeyless.clone()),
+        Some(_) => None,
+    }
+}
+
 /// Parses the spec of a store in `namespace` (empty for a ClusterSecretStore): `Ok(None)` when
 /// it is not ours (another provider or class).
 pub fn parse(
@@ -1122,18 +1147,11 @@ pub fn parse(
     options: &ControllerOptions,
 ) -> Result<Option<StoreSpec>, Problems> {
     let mut problems = Problems::default();
-    let raw: RawStoreSpec = serde_json::from_value(spec.clone()).unwrap_or_default();
-    let Some(akeyless) = raw.provider.as_ref().and_then(|p| p.get("akeyless")) else {
+    let Some(akeyless) = claimed(spec, options) else {
         return Ok(None);
     };
-    match raw.controller.as_deref().map(str::trim) {
-        None | Some("") if options.skip_unclassed => return Ok(None),
-        None | Some("") => {}
-        Some(class) if class == options.class => {}
-        Some(_) => return Ok(None),
-    }
     let cluster = kind == StoreKind::ClusterSecretStore;
-    let raw: RawAkeyless = match serde_json::from_value(akeyless.clone()) {
+    let raw: RawAkeyless = match serde_json::from_value(akeyless) {
         Ok(raw) => raw,
         Err(e) => {
             problems.push(format!("spec.provider.akeyless: {}", eso::shape_error(&e)));
