@@ -566,7 +566,8 @@ async fn a_secret_is_written_only_when_its_content_changes() {
 }
 
 /// A Secret of the target name that no ExternalSecret manages is never overwritten under
-/// Owner or Orphan; the condition says why and what to do.
+/// Owner or Orphan; the condition says why and what to do, and once the user does it (deletes
+/// the stale Secret) the ExternalSecret recovers by itself.
 #[tokio::test]
 async fn an_unmanaged_secret_is_never_overwritten() {
     let Some(env) = Env::start("unmanaged", ROTATING, &[]).await else {
@@ -610,6 +611,17 @@ stringData: {mine: "keep-me-too"}
         );
         assert_eq!(env.secret_writes(secret), 0);
     }
+    // The fix the message names, made outside the ExternalSecret: retried until it works. (The
+    // pause lets the reconcile that the failed status itself triggers go by first, so that only
+    // a retry can see the deletion.)
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    env.secrets()
+        .delete("taken", &Default::default())
+        .await
+        .unwrap();
+    env.wait_data("taken", |d| d.get("v").is_some_and(|v| v == "r1-ESOMARK"))
+        .await;
+    env.wait_ready("owner").await;
     // Two ExternalSecrets, one Secret: the second is refused, naming the owner.
     env.apply(&rotating_es(
         "first-owner",
