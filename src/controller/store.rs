@@ -1328,12 +1328,28 @@ pub fn parse(
         }
     };
     let mut conditions = Vec::new();
-    for (i, c) in raw_conditions(spec).into_iter().enumerate() {
+    for (i, c) in raw_conditions(spec, &mut problems).into_iter().enumerate() {
         if !cluster {
             problems.push("spec.conditions applies to ClusterSecretStores only");
             break;
         }
         let mut regexes = Vec::new();
+        for (j, e) in c
+            .namespace_selector
+            .iter()
+            .flat_map(|s| &s.match_expressions)
+            .enumerate()
+        {
+            if !matches!(
+                e.operator.as_str(),
+                "In" | "NotIn" | "Exists" | "DoesNotExist"
+            ) {
+                problems.push(format!(
+                    "spec.conditions[{i}].namespaceSelector.matchExpressions[{j}].operator {:?} is not In, NotIn, Exists or DoesNotExist",
+                    e.operator
+                ));
+            }
+        }
         for (j, text) in c.namespace_regexes.iter().enumerate() {
             match regex::Regex::new(text) {
                 Ok(re) => regexes.push(re),
@@ -1467,10 +1483,16 @@ fn ca_bundle_text(bundle: &str) -> String {
     }
 }
 
-fn raw_conditions(spec: &Value) -> Vec<RawCondition> {
-    spec.get("conditions")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default()
+/// A ClusterSecretStore's `conditions`; conditions that cannot be read are a problem, never
+/// none (which would open the store to every namespace).
+fn raw_conditions(spec: &Value, problems: &mut Problems) -> Vec<RawCondition> {
+    match spec.get("conditions").filter(|c| !c.is_null()) {
+        None => Vec::new(),
+        Some(c) => serde_json::from_value(c.clone()).unwrap_or_else(|e| {
+            problems.push(format!("spec.conditions: {}", eso::shape_error(&e)));
+            Vec::new()
+        }),
+    }
 }
 
 // ---- Reconciling stores: their Ready condition ----
