@@ -28,12 +28,13 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Log line format [default: json for serve and emulator, text for mount and demo].
+    /// Log line format [default: json for serve, controller and emulator, text for mount and
+    /// demo].
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info`, `debug` or `akeyless_csi_provider=trace,info`
-    /// [default: info for serve and emulator, warn for the other commands (the demo also hides
-    /// its provider's audit events: `audit=off`)].
+    /// [default: info for serve, controller and emulator, warn for the other commands (the demo
+    /// also hides its provider's audit events: `audit=off`)].
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_LEVEL")]
     pub log_level: Option<String>,
 }
@@ -197,11 +198,11 @@ pub struct AkeylessArgs {
     /// Attempts per Akeyless call for 5xx, 429 and transport errors.
     #[arg(long, env = "AKEYLESS_CSI_CALL_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub call_attempts: u32,
-    /// Akeyless calls under way at once on this node; more wait in a queue.
+    /// Akeyless calls under way at once in this process; more wait in a queue.
     #[arg(long, env = "AKEYLESS_CSI_MAX_CONCURRENT_CALLS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_concurrent_calls: u32,
     /// Calls allowed to wait for --max-concurrent-calls; beyond that a mount is refused at once
-    /// with ResourceExhausted (the driver retries).
+    /// with ResourceExhausted (the driver retries), or a refresh fails (retried with backoff).
     #[arg(long, env = "AKEYLESS_CSI_MAX_QUEUED_CALLS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_queued_calls: u32,
     /// Assumed token lifetime when Akeyless does not return an expiration.
@@ -245,7 +246,25 @@ impl AkeylessArgs {
     }
 }
 
+/// The `serve` identity flags that mean nothing to the controller (its own cloud identity is
+/// always on; stores bring their access ids; its Kubernetes client is its own): accepted, so a
+/// shared environment does not break it, but not offered in its help.
+const SERVE_ONLY_IDENTITY_FLAGS: [&str; 8] = [
+    "node_identity",
+    "token_request",
+    "kube_api_url",
+    "default_access_id",
+    "default_access_type",
+    "default_access_key",
+    "default_uid_token",
+    "default_k8s_auth_config_name",
+];
+
 #[derive(Debug, Args)]
+#[command(mut_args(|arg| {
+    let serve_only = SERVE_ONLY_IDENTITY_FLAGS.contains(&arg.get_id().as_str());
+    arg.hide(serve_only)
+}))]
 pub struct ControllerArgs {
     /// Serve stores whose spec.controller is this class (and, unless --skip-unclassed, stores
     /// with none), like ESO's --controller-class.
@@ -302,6 +321,7 @@ pub struct ControllerArgs {
     /// --max-backoff.
     #[arg(long, env = "AKEYLESS_CSI_MIN_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
     pub min_backoff: Duration,
+    /// Longest wait before retrying a failed reconcile.
     #[arg(long, env = "AKEYLESS_CSI_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,
     /// Address of the HTTP endpoints /healthz, /readyz and /metrics ("off" to disable).
@@ -494,6 +514,42 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_controller_offers_only_the_flags_it_uses() {
+        let cli = Cli::command();
+        let flags = |name: &str| -> Vec<(String, bool)> {
+            let command = cli.find_subcommand(name).expect("subcommand");
+            command
+                .get_arguments()
+                .filter_map(|a| Some((a.get_long()?.to_owned(), a.is_hide_set())))
+                .collect()
+        };
+        let controller = flags("controller");
+        for id in SERVE_ONLY_IDENTITY_FLAGS {
+            let long = id.replace('_', "-");
+            assert!(
+                controller.contains(&(long.clone(), true)),
+                "{long} hidden in controller"
+            );
+            assert!(
+                flags("serve").contains(&(long.clone(), false)),
+                "{long} shown in serve"
+            );
+        }
+        assert!(controller.contains(&("max-backoff".to_owned(), false)));
+        // Hidden, still accepted: a shared environment does not stop the controller.
+        assert!(
+            Cli::try_parse_from([
+                "akeyless-csi-provider",
+                "controller",
+                "--node-identity",
+                "--default-access-id",
+                "p-x"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

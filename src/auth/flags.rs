@@ -10,9 +10,10 @@ use crate::secret::SecretString;
 
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
-    /// Further Akeyless URLs (besides --akeyless-url) that may receive the provider's own
-    /// credentials (AKEYLESS_ACCESS_KEY, AKEYLESS_UID_INIT_TOKEN) and the node's identity.
-    /// Repeat the flag or separate with commas.
+    /// Further Akeyless URLs (besides --akeyless-url) that may receive this process's own
+    /// credentials: the provider's (AKEYLESS_ACCESS_KEY, AKEYLESS_UID_INIT_TOKEN) and the node's
+    /// identity; the controller's ServiceAccount token and cloud identity. Repeat the flag or
+    /// separate with commas.
     #[arg(long = "allowed-gateway-url", env = "AKEYLESS_CSI_ALLOWED_GATEWAY_URLS", value_delimiter = ',', value_parser = parse_url)]
     pub allowed_gateway_urls: Vec<Url>,
     /// Let the node's cloud identity (Azure managed identity, AWS node credentials, GCP
@@ -44,13 +45,15 @@ pub struct IdentityArgs {
     /// K8s auth config name for k8s SecretProviderClasses that set none.
     #[arg(long, env = "AKEYLESS_K8S_AUTH_CONFIG_NAME")]
     pub default_k8s_auth_config_name: Option<String>,
-    /// Managed identity object id for node identity on Azure when the SPC sets none.
+    /// Managed identity object id for node identity on Azure when the SPC (or store) sets none.
     #[arg(long, env = "AKEYLESS_AZURE_OBJECT_ID")]
     pub default_azure_object_id: Option<String>,
-    /// gcp-audience for gcp SecretProviderClasses that set none (Akeyless's default: akeyless.io).
+    /// gcp-audience for gcp SecretProviderClasses (and stores) that set none (Akeyless's
+    /// default: akeyless.io).
     #[arg(long, env = "AKEYLESS_GCP_AUDIENCE")]
     pub default_gcp_audience: Option<String>,
-    /// Entra tenant id of workload identities when the SPC sets no akeylessAzureTenantID.
+    /// Entra tenant id of workload identities when the SPC sets no akeylessAzureTenantID (or a
+    /// store's ServiceAccount has no azure.workload.identity/tenant-id annotation).
     #[arg(long, env = "AZURE_TENANT_ID")]
     pub azure_tenant_id: Option<String>,
 

@@ -426,6 +426,26 @@ struct RawStoreRef {
     kind: Option<String>,
 }
 
+/// The store an ExternalSecret's spec names, read leniently, before (and whatever) the rest of
+/// the spec says: `None` when it names none that could be a store.
+pub fn store_ref(spec: &Value) -> Option<StoreRef> {
+    let text = |field: &str| {
+        spec.pointer(&format!("/secretStoreRef/{field}"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+    };
+    let name = text("name").filter(|n| !n.is_empty())?;
+    let kind = match text("kind") {
+        None | Some("") | Some("SecretStore") => StoreKind::SecretStore,
+        Some("ClusterSecretStore") => StoreKind::ClusterSecretStore,
+        Some(_) => return None,
+    };
+    Some(StoreRef {
+        kind,
+        name: name.to_owned(),
+    })
+}
+
 /// Parses an ExternalSecret's spec (not its mapping): every problem at once.
 pub fn external_secret_spec(spec: &Value) -> Result<ExternalSecretSpec, Problems> {
     external_secret_parts(spec).0
@@ -768,6 +788,35 @@ mod tests {
             1,
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_store_is_read_whatever_the_rest_of_the_spec_says() {
+        let spec = json!({
+            "secretStoreRef": {"name": " vault ", "kind": "ClusterSecretStore"},
+            "syncWindows": {"kind": "allow"},
+            "dataForm": []
+        });
+        assert_eq!(
+            store_ref(&spec),
+            Some(StoreRef {
+                kind: StoreKind::ClusterSecretStore,
+                name: "vault".into()
+            })
+        );
+        let default_kind = json!({"secretStoreRef": {"name": "s"}});
+        assert_eq!(
+            store_ref(&default_kind).unwrap().kind,
+            StoreKind::SecretStore
+        );
+        for none in [
+            json!({}),
+            json!({"secretStoreRef": {"name": ""}}),
+            json!({"secretStoreRef": {"name": "s", "kind": "Vault"}}),
+            json!({"secretStoreRef": {"name": 3}}),
+        ] {
+            assert_eq!(store_ref(&none), None, "{none}");
+        }
     }
 
     #[test]

@@ -153,16 +153,11 @@ fn users_of(
         .state()
         .iter()
         .filter(|es| {
-            let spec = eso::spec(es);
-            let named = spec.pointer("/secretStoreRef/name").and_then(Value::as_str) == Some(name);
-            let of_kind = match spec.pointer("/secretStoreRef/kind").and_then(Value::as_str) {
-                None | Some("") | Some("SecretStore") => kind == StoreKind::SecretStore,
-                Some("ClusterSecretStore") => kind == StoreKind::ClusterSecretStore,
-                Some(_) => false,
-            };
+            let named =
+                eso::store_ref(eso::spec(es)).is_some_and(|r| r.kind == kind && r.name == name);
             let same_namespace = kind == StoreKind::ClusterSecretStore
                 || es.metadata.namespace.as_deref() == namespace;
-            named && of_kind && same_namespace
+            named && same_namespace
         })
         .map(|es| ObjectRef::from_obj_with(es.as_ref(), es_resource(es)))
         .collect()
@@ -207,6 +202,15 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
     };
     let key = ObjectRef::from_obj_with(object.as_ref(), ctx.kinds.external_secret.clone());
+    // Whose it is comes first: an ExternalSecret of another controller's store (ESO's) is left
+    // alone, even when it uses fields this controller does not implement.
+    if let Some(store) = eso::store_ref(eso::spec(&object))
+        && ctx.stores.foreign(&store, &es.namespace).await
+    {
+        ctx.metrics
+            .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
+        return Ok(Action::await_change());
+    }
     // The spec: every problem at once, naming the field.
     let parsed = eso::external_secret(&es.name, eso::spec(&object));
     let (spec, target) = match parsed {
@@ -366,26 +370,23 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
             .await?;
             ctx.metrics
                 .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Error);
-            if failure.retry {
-                Err(ReconcileError::Failed(message))
-            } else {
-                Ok(Action::await_change())
-            }
+            // Retried with backoff even when the message asks for a fix: the fix is made
+            // outside the ExternalSecret (an item in Akeyless, a Secret in the way), and no
+            // watch would bring it back.
+            Err(ReconcileError::Failed(message))
         }
     }
 }
 
-/// A failed refresh: what to show, and whether retrying may help without a change.
+/// A failed refresh: what to show.
 struct Failure {
     message: String,
-    retry: bool,
 }
 
 impl Failure {
-    fn retry(message: impl Into<String>) -> Self {
+    fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            retry: true,
         }
     }
 }
@@ -399,10 +400,8 @@ async fn refresh(
 ) -> Result<(Outcome, Vec<String>), Failure> {
     let deadline = Deadline::after(ctx.options.refresh_timeout);
     let values = fetch(ctx, target, access, deadline).await?;
-    let shaped = shape::shape(target, &values).map_err(|why| Failure {
-        message: format!("Secret {}: {why}", target.name),
-        retry: false,
-    })?;
+    let shaped = shape::shape(target, &values)
+        .map_err(|why| Failure::new(format!("Secret {}: {why}", target.name)))?;
     let gone = shaped.gone.clone();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
     let labels = es.object.metadata.labels.clone().unwrap_or_default();
@@ -425,16 +424,8 @@ async fn refresh(
     }
     let outcome = tokio::time::timeout_at(deadline.instant(), write::apply(&api, &desired))
         .await
-        .map_err(|_| Failure::retry("writing the Secret did not finish in time"))?
-        .map_err(|e| Failure {
-            retry: matches!(
-                e.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::PermissionDenied
-            ),
-            message: e.to_string(),
-        })?;
+        .map_err(|_| Failure::new("writing the Secret did not finish in time"))?
+        .map_err(|e| Failure::new(e.to_string()))?;
     if target.creation == CreationPolicy::Owner {
         delete_renamed(ctx, es, target).await;
     }
@@ -672,49 +663,32 @@ async fn fetch(
 }
 
 fn auth_failure(access: &StoreAccess, error: AuthError) -> Failure {
-    let retry = !matches!(
-        error,
-        AuthError::Missing(_) | AuthError::NotAllowed(_) | AuthError::Precondition(_)
-    );
-    Failure {
-        message: format!(
-            "{}: cannot log in to Akeyless as access id {} ({}): {error}",
-            access.store, access.identity.access_id, access.identity.access_type
-        ),
-        retry,
-    }
+    Failure::new(format!(
+        "{}: cannot log in to Akeyless as access id {} ({}): {error}",
+        access.store, access.identity.access_id, access.identity.access_type
+    ))
 }
 
 fn fetch_failure(access: &StoreAccess, error: FetchError) -> Failure {
     use crate::akeyless::ApiError;
-    let (retry, message) = match &error {
-        FetchError::Missing { .. } => (true, format!("{error}: check remoteRef.key")),
-        FetchError::Item { .. } => (false, error.to_string()),
+    let message = match &error {
+        FetchError::Missing { .. } => format!("{error}: check remoteRef.key"),
+        FetchError::Item { .. } => error.to_string(),
         FetchError::Api { source, items } => {
             let items = items.join(", ");
             match source {
-                ApiError::Unauthorized { .. } => (
-                    true,
-                    format!(
-                        "Akeyless denied access id {} reading {items}: grant its role read access to these items, or check the keys (Akeyless answers 401 for items the caller may not see)",
-                        access.identity.access_id
-                    ),
+                ApiError::Unauthorized { .. } => format!(
+                    "Akeyless denied access id {} reading {items}: grant its role read access to these items, or check the keys (Akeyless answers 401 for items the caller may not see)",
+                    access.identity.access_id
                 ),
-                ApiError::NotFound { .. } => (
-                    true,
-                    format!("{items}: an item does not exist: check remoteRef.key ({source})"),
-                ),
-                _ => (
-                    true,
-                    format!("reading {items} from {}: {source}", access.identity.base),
-                ),
+                ApiError::NotFound { .. } => {
+                    format!("{items}: an item does not exist: check remoteRef.key ({source})")
+                }
+                _ => format!("reading {items} from {}: {source}", access.identity.base),
             }
         }
     };
-    Failure {
-        message: format!("{}: {message}", access.store),
-        retry,
-    }
+    Failure::new(format!("{}: {message}", access.store))
 }
 
 /// Whether the ExternalSecret must be refreshed now (ESO's `shouldRefresh` and

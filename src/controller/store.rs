@@ -184,6 +184,18 @@ impl Stores {
             .ok_or(StoreError::NotFound { store: described })
     }
 
+    /// Whether `store`, as named by an ExternalSecret in `namespace`, is another controller's
+    /// (another provider or class, or a ClusterSecretStore while they are not served): such an
+    /// ExternalSecret is ESO's, left alone whatever fields it uses. A store that cannot be looked
+    /// up (missing, watches not synced) is not known to be another's.
+    pub async fn foreign(&self, store: &StoreRef, namespace: &str) -> bool {
+        match self.object(store, namespace).await {
+            Ok(object) => claimed(eso::spec(&object), &self.options).is_none(),
+            Err(StoreError::NotOurs(_)) => true,
+            Err(_) => false,
+        }
+    }
+
     /// What an ExternalSecret in `namespace` reads `store` as: resolved once per store version
     /// for a short while (failures are not kept).
     pub async fn access(
@@ -1113,6 +1125,19 @@ struct RawServiceAccountRef {
     audiences: Vec<String>,
 }
 
+/// The `akeyless` block of a store spec that is ours: an Akeyless provider, and our class (or
+/// none, unless `--skip-unclassed`); `None` for another provider's or controller's store.
+fn claimed(spec: &Value, options: &ControllerOptions) -> Option<Value> {
+    let raw: RawStoreSpec = serde_json::from_value(spec.clone()).unwrap_or_default();
+    let akeyless = raw.provider.as_ref().and_then(|p| p.get("akeyless"))?;
+    match raw.controller.as_deref().map(str::trim) {
+        None | Some("") if options.skip_unclassed => None,
+        None | Some("") => Some(akeyless.clone()),
+        Some(class) if class == options.class => Some(akeyless.clone()),
+        Some(_) => None,
+    }
+}
+
 /// Parses the spec of a store in `namespace` (empty for a ClusterSecretStore): `Ok(None)` when
 /// it is not ours (another provider or class).
 pub fn parse(
@@ -1122,18 +1147,11 @@ pub fn parse(
     options: &ControllerOptions,
 ) -> Result<Option<StoreSpec>, Problems> {
     let mut problems = Problems::default();
-    let raw: RawStoreSpec = serde_json::from_value(spec.clone()).unwrap_or_default();
-    let Some(akeyless) = raw.provider.as_ref().and_then(|p| p.get("akeyless")) else {
+    let Some(akeyless) = claimed(spec, options) else {
         return Ok(None);
     };
-    match raw.controller.as_deref().map(str::trim) {
-        None | Some("") if options.skip_unclassed => return Ok(None),
-        None | Some("") => {}
-        Some(class) if class == options.class => {}
-        Some(_) => return Ok(None),
-    }
     let cluster = kind == StoreKind::ClusterSecretStore;
-    let raw: RawAkeyless = match serde_json::from_value(akeyless.clone()) {
+    let raw: RawAkeyless = match serde_json::from_value(akeyless) {
         Ok(raw) => raw,
         Err(e) => {
             problems.push(format!("spec.provider.akeyless: {}", eso::shape_error(&e)));
@@ -1310,12 +1328,28 @@ pub fn parse(
         }
     };
     let mut conditions = Vec::new();
-    for (i, c) in raw_conditions(spec).into_iter().enumerate() {
+    for (i, c) in raw_conditions(spec, &mut problems).into_iter().enumerate() {
         if !cluster {
             problems.push("spec.conditions applies to ClusterSecretStores only");
             break;
         }
         let mut regexes = Vec::new();
+        for (j, e) in c
+            .namespace_selector
+            .iter()
+            .flat_map(|s| &s.match_expressions)
+            .enumerate()
+        {
+            if !matches!(
+                e.operator.as_str(),
+                "In" | "NotIn" | "Exists" | "DoesNotExist"
+            ) {
+                problems.push(format!(
+                    "spec.conditions[{i}].namespaceSelector.matchExpressions[{j}].operator {:?} is not In, NotIn, Exists or DoesNotExist",
+                    e.operator
+                ));
+            }
+        }
         for (j, text) in c.namespace_regexes.iter().enumerate() {
             match regex::Regex::new(text) {
                 Ok(re) => regexes.push(re),
@@ -1449,10 +1483,16 @@ fn ca_bundle_text(bundle: &str) -> String {
     }
 }
 
-fn raw_conditions(spec: &Value) -> Vec<RawCondition> {
-    spec.get("conditions")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default()
+/// A ClusterSecretStore's `conditions`; conditions that cannot be read are a problem, never
+/// none (which would open the store to every namespace).
+fn raw_conditions(spec: &Value, problems: &mut Problems) -> Vec<RawCondition> {
+    match spec.get("conditions").filter(|c| !c.is_null()) {
+        None => Vec::new(),
+        Some(c) => serde_json::from_value(c.clone()).unwrap_or_else(|e| {
+            problems.push(format!("spec.conditions: {}", eso::shape_error(&e)));
+            Vec::new()
+        }),
+    }
 }
 
 // ---- Reconciling stores: their Ready condition ----

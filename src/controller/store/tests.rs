@@ -296,6 +296,91 @@ impl Fixture {
     }
 }
 
+/// A ClusterSecretStore's `conditions` decide which namespaces may use it: listed, by regex,
+/// or by the namespace's labels; an ExternalSecret elsewhere is refused before anything is read.
+/// Conditions that cannot be read close the store rather than open it.
+#[tokio::test]
+async fn cluster_store_conditions_select_namespaces() {
+    let f = fixture();
+    f.api.secret(
+        "creds",
+        "akeyless-secret-creds",
+        &[
+            ("accessId", "p-shared"),
+            ("accessType", "api_key"),
+            ("accessTypeParam", "key"),
+        ],
+    );
+    let labelled = |name: &str, labels: Value| {
+        f.api.objects.lock().unwrap().insert(
+            format!("/api/v1/namespaces/{name}"),
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": name, "labels": labels}}),
+        );
+    };
+    labelled("labelled", json!({"akeyless": "enabled", "tier": "web"}));
+    labelled("excluded", json!({"akeyless": "enabled", "tier": "db"}));
+    labelled("plain", json!({}));
+    let mut akeyless = secret_ref(GW);
+    for key in ["accessID", "accessType", "accessTypeParam"] {
+        akeyless["authSecretRef"]["secretRef"][key]["namespace"] = json!("creds");
+    }
+    let with_conditions = |conditions: Value| {
+        let mut object = store(
+            StoreKind::ClusterSecretStore,
+            "",
+            "shared",
+            akeyless.clone(),
+        );
+        object.data["spec"]["conditions"] = conditions;
+        object
+    };
+    let cluster = with_conditions(json!([
+        {"namespaces": ["shop"]},
+        {"namespaceRegexes": ["^team-"]},
+        {"namespaceSelector": {
+            "matchLabels": {"akeyless": "enabled"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]
+        }}
+    ]));
+    for allowed in ["shop", "team-a", "labelled"] {
+        f.resolve_for(&cluster, allowed)
+            .await
+            .unwrap_or_else(|e| panic!("{allowed}: {e}"));
+    }
+    for refused in ["dev", "my-team-a", "excluded", "plain", "absent"] {
+        let (e, message) = problem(f.resolve_for(&cluster, refused).await);
+        assert!(
+            matches!(e, StoreError::NotAllowed { .. }),
+            "{refused}: {e:?}"
+        );
+        assert!(message.contains("spec.conditions"), "{message}");
+        assert!(message.contains(refused), "{message}");
+    }
+    // No conditions: every namespace.
+    let open = with_conditions(Value::Null);
+    f.resolve_for(&open, "dev").await.unwrap();
+
+    // Unreadable conditions, an unknown operator: the store is invalid, for everyone.
+    for (conditions, expected) in [
+        (json!({"namespaces": ["shop"]}), "spec.conditions"),
+        (json!([{"namespaces": "shop"}]), "spec.conditions"),
+        (
+            json!([{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "in"}]}}]),
+            "operator \"in\"",
+        ),
+    ] {
+        let (e, message) = problem(f.resolve_for(&with_conditions(conditions), "shop").await);
+        assert!(matches!(e, StoreError::Invalid { .. }), "{e:?}");
+        assert!(message.contains(expected), "{expected} in {message}");
+    }
+    let mut namespaced = secret_store(secret_ref(GW));
+    namespaced.data["spec"]["conditions"] = json!([{"namespaces": ["shop"]}]);
+    let (e, message) = problem(f.resolve(&namespaced).await);
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e:?}");
+    assert!(message.contains("ClusterSecretStores only"), "{message}");
+}
+
 fn secret_ref(url: &str) -> Value {
     json!({
         "akeylessGWApiURL": url,
