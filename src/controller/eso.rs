@@ -30,8 +30,6 @@ pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 pub const LABEL_MANAGED: &str = "reconcile.external-secrets.io/managed";
 pub const LABEL_CREATED_BY: &str = "reconcile.external-secrets.io/created-by";
 pub const ANNOTATION_DATA_HASH: &str = "reconcile.external-secrets.io/data-hash";
-/// Changing this annotation on an ExternalSecret (e.g. to a timestamp) refreshes it now.
-pub const ANNOTATION_FORCE_SYNC: &str = "external-secrets.io/force-sync";
 
 /// The three kinds, at the version the cluster serves.
 #[derive(Debug, Clone)]
