@@ -241,6 +241,17 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
                 .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
             return Ok(Action::await_change());
         }
+        // Beside ESO (`--skip-unclassed`), an ExternalSecret whose store does not exist may be
+        // ESO's: its status is left to ESO. The store's creation wakes it again.
+        Err(StoreError::NotFound { .. }) if ctx.options.skip_unclassed => {
+            tracing::debug!(
+                externalsecret = %format!("{}/{}", es.namespace, es.name),
+                "its store does not exist; left alone (--skip-unclassed)"
+            );
+            ctx.metrics
+                .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
+            return Ok(Action::await_change());
+        }
         Err(e) => {
             let message = format!("{}: {e}", es.label());
             finish(
