@@ -126,9 +126,14 @@ pub struct ServeArgs {
     pub version_key: Option<String>,
     /// Mirror values into Kubernetes Secrets for SecretProviderClasses with `secretSync` (uses
     /// --kube-api-url, else in-cluster config). Needs RBAC: get secretproviderclasses; get,
-    /// create, update secrets.
+    /// list secretproviderclasspodstatuses; get, create, update secrets.
     #[arg(long, env = "AKEYLESS_CSI_SYNC_SECRETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub sync_secrets: bool,
+    /// With --sync-secrets: how long one read of a SecretProviderClass (and one listing of a
+    /// namespace's SecretProviderClassPodStatuses) answers for it on this node; a changed
+    /// `secretSync` takes effect within this time. 0s reads on every mount.
+    #[arg(long, env = "AKEYLESS_CSI_SPC_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub spc_cache_ttl: Duration,
     /// Identity: allow-list, node identity, provider defaults, cloud endpoints (boxed: large).
     #[command(flatten)]
     pub identity: Box<crate::auth::flags::IdentityArgs>,
@@ -178,9 +183,12 @@ impl ServeArgs {
                 default_url: self.akeyless_url.clone(),
                 mount_timeout: self.mount_timeout,
                 result_cache_ttl: self.result_cache_ttl,
-                secret_sync: self
-                    .sync_secrets
-                    .then(|| crate::sync::SecretSync::new(self.identity.kube_api_url.clone())),
+                secret_sync: self.sync_secrets.then(|| {
+                    crate::sync::SecretSync::new(
+                        self.identity.kube_api_url.clone(),
+                        self.spc_cache_ttl,
+                    )
+                }),
             },
             client,
             authenticator,

@@ -564,7 +564,18 @@ async fn a_write_conflict_is_retried_on_a_fresh_read() {
 
 #[tokio::test]
 async fn missing_rbac_names_the_permission_and_the_fix() {
-    let Setup { h, k8s } = setup().await;
+    // SPC reads are cached (--spc-cache-ttl): read on every mount, so that the second refusal
+    // below comes from the API server.
+    let k8s = FakeK8s::start().await;
+    let url = k8s.url();
+    let args = [
+        "--sync-secrets",
+        "--kube-api-url",
+        &url,
+        "--spc-cache-ttl",
+        "0s",
+    ];
+    let h = Harness::start_with(seed(), &args).await;
     let mapping = "- target: {name: cfg}\n  dataFrom: [{extract: {key: /prod/app-config}}]\n";
     let (_, request) = mapping_request(&k8s, mapping);
     k8s.deny("create", "secrets");
@@ -619,7 +630,9 @@ async fn sync_off_names_the_flag_and_old_rotation_calls_skip_it() {
     assert!(e.message().contains("--sync-secrets"), "{}", e.message());
     drop(h);
 
-    // With sync on, a driver up to v1.5 rotating sends no secretProviderClass: files only.
+    // With sync on, a driver up to v1.5 rotating sends no secretProviderClass; when neither
+    // the provider's memory of the pod volume nor a SecretProviderClassPodStatus names the SPC
+    // (tests/node_path.rs shows both naming it), files only.
     let url = k8s.url();
     let h = Harness::start_with(seed(), &["--sync-secrets", "--kube-api-url", &url]).await;
     let (_, mut request) = mapping_request(&k8s, mapping);
@@ -630,5 +643,10 @@ async fn sync_off_names_the_flag_and_old_rotation_calls_skip_it() {
     let response = h.mount(request).await.expect("files are served");
     assert_eq!(response.files.len(), 1);
     assert_eq!(k8s.spc_gets(), 0);
+    assert_eq!(
+        k8s.spcps_lists(),
+        1,
+        "the pod volume's status was looked for"
+    );
     assert!(k8s.writes().is_empty());
 }

@@ -235,7 +235,7 @@ pub(super) fn api_error(
 ) -> SyncError {
     match error {
         kube::Error::Api(status) if status.code == 403 => SyncError::Forbidden(format!(
-            "the provider's service account may not {verb} {resource} in namespace {namespace} (HTTP 403); mirroring into Kubernetes Secrets needs get on secretproviderclasses.secrets-store.csi.x-k8s.io and get, create, update on secrets: grant the RBAC in README \"Mirroring into Kubernetes Secrets\" [{}]",
+            "the provider's service account may not {verb} {resource} in namespace {namespace} (HTTP 403); mirroring into Kubernetes Secrets needs get on secretproviderclasses.secrets-store.csi.x-k8s.io, get and list on secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io, and get, create, update on secrets: grant the RBAC in README \"Mirroring into Kubernetes Secrets\" [{}]",
             clip(&status.message)
         )),
         kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
