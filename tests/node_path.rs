@@ -234,3 +234,265 @@ async fn a_zero_ttl_reads_the_spc_on_every_mount() {
     }
     assert_eq!(k8s.spc_gets(), 3);
 }
+
+// ---- issuing calls: at most once per need ----
+
+fn items_seed() -> Seed {
+    let mut yaml = format!(
+        r#"token_ttl_seconds: 900
+list_page_size: 2
+auth_methods:
+  - access_id: {ACCESS_ID}
+    access_type: access_key
+    access_key: "{ACCESS_KEY}"
+    read: ["/n/*"]
+items:
+  - name: /n/dyn
+    type: dynamic-secret
+    ttl_seconds: 3600
+  - name: /n/pki
+    type: pki-cert-issuer
+    max_ttl_seconds: 86400
+  - name: /n/a
+    value: "a-value"
+  - name: /n/b
+    value: "b-value"
+  - name: /n/opt
+    value: "opt-value"
+"#
+    );
+    for i in 0..3 {
+        yaml.push_str(&format!(
+            "  - name: /n/changing-{i}\n    value: \"static-{i}\"\n"
+        ));
+    }
+    for i in 0..5 {
+        yaml.push_str(&format!(
+            "  - name: /n/folder/item-{i}\n    value: \"folder-{i}\"\n"
+        ));
+    }
+    Seed::from_yaml(&yaml).expect("seed parses")
+}
+
+/// A v1.6 driver's request for `objects` from pod volume `uid`.
+fn pod_request(objects: &str, uid: &str) -> MountRequest {
+    let mut request = common::harness::request(
+        &[
+            ("akeylessAccessID", ACCESS_ID),
+            ("objects", objects),
+            ("csi.storage.k8s.io/pod.uid", uid),
+        ],
+        Some(&[("akeylessAccessKey", ACCESS_KEY)]),
+    );
+    request.target_path =
+        format!("/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/secrets/mount");
+    request
+}
+
+fn file(response: &akeyless_csi_provider::proto::v1alpha1::MountResponse, path: &str) -> String {
+    response
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .map(|f| String::from_utf8_lossy(&f.contents).into_owned())
+        .unwrap_or_default()
+}
+
+const DYN: &str = "- secretPath: /n/dyn\n  type: dynamic\n  fileName: creds.json\n";
+const PKI: &str =
+    "- secretPath: /n/pki\n  type: pki\n  commonName: web.shop.svc\n  fileName: tls.pem\n";
+
+#[tokio::test]
+async fn an_issue_whose_answer_is_lost_is_not_sent_again() {
+    use akeyless_csi_provider::emulator::{Fault, FaultKind};
+    let h = Harness::start_with(items_seed(), &["--call-timeout", "1s"]).await;
+    let calls = || h.akeyless.calls("/get-dynamic-secret-value");
+
+    // Akeyless issues, then the connection drops before the answer: one lease, no second one.
+    h.akeyless.add_fault(
+        Fault::new(FaultKind::ResetAfter)
+            .on("/get-dynamic-secret-value")
+            .times(1),
+    );
+    let e = h.mount(pod_request(DYN, "pod-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("/n/dyn"), "{}", e.message());
+    assert!(e.message().contains("not sent again"), "{}", e.message());
+    assert_eq!((calls(), h.akeyless.leases_minted("/n/dyn")), (1, 1));
+    // The next poll issues afresh.
+    h.mount(pod_request(DYN, "pod-1")).await.expect("next poll");
+    assert_eq!((calls(), h.akeyless.leases_minted("/n/dyn")), (2, 2));
+
+    // The answer comes after the client's timeout: the same.
+    h.akeyless.add_fault(
+        Fault::new(FaultKind::DelayAfter { ms: 2_500 })
+            .on("/get-pki-certificate")
+            .times(1),
+    );
+    let e = h.mount(pod_request(PKI, "pod-2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("/n/pki"), "{}", e.message());
+    assert_eq!(h.akeyless.calls("/get-pki-certificate"), 1);
+    assert_eq!(h.akeyless.leases_minted("/n/pki"), 1);
+
+    // A 500 may come after the work: not sent again either.
+    h.akeyless.add_fault(
+        Fault::new(FaultKind::Status {
+            status: 500,
+            retry_after_secs: None,
+        })
+        .on("/get-dynamic-secret-value")
+        .times(1),
+    );
+    let e = h.mount(pod_request(DYN, "pod-3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(calls(), 3);
+
+    // 429 and 503 are refusals before any work: retried (Retry-After honoured), one lease.
+    for status in [429, 503] {
+        h.akeyless.add_fault(
+            Fault::new(FaultKind::Status {
+                status,
+                retry_after_secs: Some(0),
+            })
+            .on("/get-dynamic-secret-value")
+            .times(1),
+        );
+    }
+    let before = (calls(), h.akeyless.leases_minted("/n/dyn"));
+    h.mount(pod_request(DYN, "pod-4"))
+        .await
+        .expect("retried after 429 and 503");
+    assert_eq!(
+        (calls(), h.akeyless.leases_minted("/n/dyn")),
+        (before.0 + 3, before.1 + 1)
+    );
+
+    // Reads are retried as before.
+    h.akeyless.add_fault(
+        Fault::new(FaultKind::Reset)
+            .on("/get-secret-value")
+            .times(1),
+    );
+    let objects = "- secretPath: /n/a\n  type: static\n  fileName: a\n";
+    let r = h
+        .mount(pod_request(objects, "pod-5"))
+        .await
+        .expect("read retried");
+    assert_eq!(file(&r, "a"), "a-value");
+}
+
+#[tokio::test]
+async fn a_slow_producer_is_waited_for_not_abandoned() {
+    use akeyless_csi_provider::emulator::Modes;
+    // The producer takes longer than a call's timeout, within Akeyless's own wait.
+    let h = Harness::start_with(items_seed(), &["--call-timeout", "1s"]).await;
+    h.akeyless.set_modes(Modes {
+        producer_delay_ms: 1_500,
+        ..Modes::default()
+    });
+    let r = h.mount(pod_request(DYN, "pod-1")).await.expect("mount");
+    assert!(file(&r, "creds.json").contains("password"));
+    assert_eq!(h.akeyless.calls("/get-dynamic-secret-value"), 1);
+    assert_eq!(h.akeyless.leases_minted("/n/dyn"), 1, "one lease, not two");
+}
+
+// ---- answers the API definition leaves open ----
+
+#[tokio::test]
+async fn a_batch_answer_without_a_name_means_it_is_missing() {
+    use akeyless_csi_provider::emulator::{Answer, Modes};
+    let h = Harness::start(items_seed()).await;
+    h.akeyless.set_modes(Modes {
+        missing_name: Answer::Omitted,
+        ..Modes::default()
+    });
+    h.akeyless.delete_item("/n/opt");
+    h.akeyless.delete_item("/n/b");
+    let objects = "
+- secretPath: /n/a
+  type: static
+  fileName: a
+- secretPath: /n/opt
+  type: static
+  fileName: opt
+  optional: true
+";
+    let r = h
+        .mount(pod_request(objects, "pod-1"))
+        .await
+        .expect("optional skipped");
+    assert_eq!(file(&r, "a"), "a-value");
+    assert!(r.files.iter().all(|f| f.path != "opt"));
+    assert_eq!(h.akeyless.calls("/get-secret-value"), 1);
+
+    let objects = "- secretPath: /n/a\n  type: static\n- secretPath: /n/b\n  type: static\n";
+    let e = h.mount(pod_request(objects, "pod-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("item /n/b does not exist"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn an_item_that_changed_type_is_described_again_whatever_akeyless_answers() {
+    use akeyless_csi_provider::emulator::{Answer, ItemType, Modes, SeedItem};
+    let h = Harness::start(items_seed()).await;
+    for (i, answer) in [Answer::Rejected, Answer::NotFound, Answer::Omitted]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("/n/changing-{i}");
+        let objects = format!("- secretPath: {name}\n  fileName: value\n");
+        let r = h
+            .mount(pod_request(&objects, "pod-1"))
+            .await
+            .expect("static");
+        assert_eq!(file(&r, "value"), format!("static-{i}"));
+        let describes = h.akeyless.calls("/describe-item");
+
+        // Deleted and created again as a rotated secret; the provider remembers "static".
+        h.akeyless.put_item(&SeedItem {
+            name: name.clone(),
+            item_type: ItemType::RotatedSecret,
+            value: Some(format!(r#"{{"username":"rot-{i}","password":"p"}}"#)),
+            ..SeedItem::default()
+        });
+        h.akeyless.set_modes(Modes {
+            not_static: answer,
+            ..Modes::default()
+        });
+        let r = h
+            .mount(pod_request(&objects, "pod-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        assert!(
+            file(&r, "value").contains(&format!("rot-{i}")),
+            "{answer:?}"
+        );
+        assert_eq!(
+            h.akeyless.calls("/describe-item"),
+            describes + 1,
+            "{answer:?}: the type is asked again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_paginated_folder_listing_is_followed_to_its_end() {
+    use akeyless_csi_provider::emulator::Modes;
+    let h = Harness::start(items_seed()).await;
+    h.akeyless.set_modes(Modes {
+        always_paginate: true,
+        ..Modes::default()
+    });
+    let r = h
+        .mount(pod_request("- secretPath: /n/folder/*\n", "pod-1"))
+        .await
+        .expect("mount");
+    assert_eq!(r.files.len(), 5);
+    assert_eq!(file(&r, "item-4"), "folder-4");
+    assert_eq!(h.akeyless.calls("/list-items"), 3, "pages of 2");
+}

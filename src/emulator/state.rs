@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::crypto::{CertChain, CryptoError, Leaf, PkiCa, SshCa};
 use super::faults::{Fault, FaultKind, FaultQueue};
+use super::modes::Modes;
 use super::seed::{
     AccessType, DEFAULT_ITEM_TTL_SECONDS, DEFAULT_MAX_TTL_SECONDS, ItemType, ReadPattern,
     SecretFormat, Seed, SeedItem, normalize_name,
@@ -377,6 +378,7 @@ pub(crate) struct Shared {
     stats: Mutex<StatsInner>,
     faults: Mutex<FaultQueue>,
     latency_ms: AtomicU64,
+    modes: Mutex<Modes>,
     /// Numbers leases and issued certificates (never reset, so ids stay unique).
     mint_sequence: AtomicU64,
 }
@@ -440,6 +442,7 @@ impl Shared {
             stats: Mutex::new(StatsInner::default()),
             faults: Mutex::new(FaultQueue::default()),
             latency_ms: AtomicU64::new(0),
+            modes: Mutex::new(Modes::default()),
             mint_sequence: AtomicU64::new(1),
         })
     }
@@ -544,6 +547,14 @@ impl Shared {
 
     pub fn set_latency_ms(&self, ms: u64) {
         self.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn modes(&self) -> Modes {
+        lock(&self.modes).clone()
+    }
+
+    pub fn set_modes(&self, modes: Modes) {
+        *lock(&self.modes) = modes;
     }
 
     pub fn add_fault(&self, fault: Fault) {
@@ -652,6 +663,24 @@ impl Shared {
         }
         items.insert_new(name, ItemSpec::static_text(), vec![value.to_owned()], now)?;
         Ok(1)
+    }
+
+    /// Creates `item` as the seed would, replacing any item of that name (of any type).
+    pub fn put_item(&self, item: &SeedItem) -> Result<(), String> {
+        let seed = Seed {
+            items: vec![item.clone()],
+            ..Seed::default()
+        };
+        seed.validate(None).map_err(|e| e.to_string())?;
+        let name = normalize_name(&item.name).map_err(|why| format!("item name {why}"))?;
+        let mut items = write(&self.items);
+        items.map.remove(&name);
+        items.insert_new(
+            name,
+            ItemSpec::from_seed(item),
+            item.version_values(),
+            now_ms(),
+        )
     }
 
     /// Removes `name`; returns whether it existed.
