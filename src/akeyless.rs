@@ -189,6 +189,20 @@ pub struct AuthResponse {
     pub expiration: Option<String>,
 }
 
+/// What `/validate-token` says of a token (`ValidateTokenOutput`; `ttl`'s unit is not
+/// documented, so it is not read).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenValidity {
+    #[serde(default)]
+    pub is_valid: Option<bool>,
+    /// Go's `time.Time.String()` or RFC 3339.
+    #[serde(default)]
+    pub expiration: Option<String>,
+    /// When the token was last rotated (Universal Identity), same formats.
+    #[serde(default)]
+    pub last_rotate: Option<String>,
+}
+
 /// One value to read: an item at its latest or a pinned version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ItemRef {
@@ -390,6 +404,26 @@ impl Client {
         let scrub = request.secrets();
         self.call(base, "auth", &body, &scrub, CallKind::Read, deadline)
             .await
+    }
+
+    /// `POST /validate-token`: a token's validity and expiry.
+    pub async fn validate_token(
+        &self,
+        base: &Url,
+        token: &SecretString,
+        deadline: Deadline,
+    ) -> Result<TokenValidity, ApiError> {
+        let body = json_fields([("token", token.expose().into())]);
+        let scrub = [token.expose()];
+        self.call(
+            base,
+            "validate-token",
+            &body,
+            &scrub,
+            CallKind::Read,
+            deadline,
+        )
+        .await
     }
 
     /// `POST /get-secret-value`: reads many static secrets at one version in one call.

@@ -496,3 +496,99 @@ async fn a_paginated_folder_listing_is_followed_to_its_end() {
     assert_eq!(file(&r, "item-4"), "folder-4");
     assert_eq!(h.akeyless.calls("/list-items"), 3, "pages of 2");
 }
+
+// ---- Universal Identity tokens: not rotated, their end made visible ----
+
+const UID_NEAR: &str = "u-near0000000001";
+const UID_EXPIRED: &str = "u-expired00000001";
+
+fn uid_seed() -> Seed {
+    let yaml = format!(
+        r#"token_ttl_seconds: 900
+auth_methods:
+  - access_id: p-uidnear0001
+    access_type: universal_identity
+    uid_token: "{UID_NEAR}"
+    uid_token_ttl_seconds: 3600
+    uid_token_age_seconds: 3000
+    read: ["/n/*"]
+  - access_id: p-uidgone0001
+    access_type: universal_identity
+    uid_token: "{UID_EXPIRED}"
+    uid_token_ttl_seconds: 3600
+    uid_token_age_seconds: 3700
+    read: ["/n/*"]
+items:
+  - name: /n/a
+    value: "a-value"
+"#
+    );
+    Seed::from_yaml(&yaml).expect("seed parses")
+}
+
+fn uid_request(access_id: &str, token: &str) -> MountRequest {
+    common::harness::request(
+        &[
+            ("akeylessAccessID", access_id),
+            ("akeylessAccessType", "universal_identity"),
+            ("objects", "- secretPath: /n/a\n  fileName: a\n"),
+        ],
+        Some(&[("akeylessUIDInitToken", token)]),
+    )
+}
+
+#[tokio::test]
+async fn a_universal_identity_token_near_its_end_is_reported_not_rotated() {
+    let h = Harness::start(uid_seed()).await;
+    let r = h
+        .mount(uid_request("p-uidnear0001", UID_NEAR))
+        .await
+        .expect("mount");
+    assert_eq!(file(&r, "a"), "a-value");
+
+    // Ten minutes left of an hour's life: a warning and the gauge, before mounts fail.
+    let started = std::time::Instant::now();
+    while !h
+        .logs()
+        .contains("the Universal Identity token expires soon")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no warning"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = h.http_get("/metrics").await.expect("metrics");
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("akeyless_csi_uid_token_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now..now + 3600).contains(&expiry), "{expiry} vs {now}");
+    assert_eq!(h.akeyless.calls("/validate-token"), 1);
+    assert_eq!(h.akeyless.calls("/uid-rotate-token"), 0, "never rotated");
+    h.mount(uid_request("p-uidnear0001", UID_NEAR))
+        .await
+        .expect("mount");
+    assert_eq!(h.akeyless.calls("/validate-token"), 1, "learnt once");
+
+    // An expired one: the mount says so.
+    let e = h
+        .mount(uid_request("p-uidgone0001", UID_EXPIRED))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("Universal Identity token expired at")
+            && e.message().contains("akeylessUIDInitToken"),
+        "{}",
+        e.message()
+    );
+    for text in [h.logs(), e.message().to_owned()] {
+        assert!(!text.contains(UID_NEAR) && !text.contains(UID_EXPIRED));
+    }
+}

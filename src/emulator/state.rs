@@ -422,12 +422,16 @@ impl Shared {
         let mut tokens = HashMap::new();
         for method in &seed.auth_methods {
             if let Some(uid) = &method.uid_token {
+                let rotated = now.saturating_sub(method.uid_token_age_seconds.saturating_mul(1000));
+                let expires_ms = method.uid_token_ttl_seconds.map_or(u64::MAX, |ttl| {
+                    rotated.saturating_add(ttl.saturating_mul(1000))
+                });
                 tokens.insert(
                     uid.expose().to_owned(),
                     TokenInfo {
                         access_id: method.access_id.clone(),
-                        issued_ms: now,
-                        expires_ms: u64::MAX,
+                        issued_ms: rotated,
+                        expires_ms,
                     },
                 );
             }

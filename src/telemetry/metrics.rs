@@ -179,6 +179,8 @@ pub struct Metrics {
     pub queued_backend_calls: Gauge,
     pub dedup_joins: Counter,
     pub rejected: Family<RejectLabels, Counter>,
+    /// The earliest end (Unix seconds) of the Universal Identity tokens in use; 0: none known.
+    pub uid_token_expiry: Gauge,
     registry: Registry,
 }
 
@@ -205,6 +207,7 @@ impl Metrics {
         let queued_backend_calls = Gauge::default();
         let dedup_joins = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
+        let uid_token_expiry = Gauge::default();
 
         registry.register(
             "mounts",
@@ -261,6 +264,11 @@ impl Metrics {
             "Connections or calls turned away, by reason",
             rejected.clone(),
         );
+        registry.register(
+            "uid_token_expiry_timestamp_seconds",
+            "Earliest expiry (Unix time) of the Universal Identity tokens used in the last hour; 0 when none is known",
+            uid_token_expiry.clone(),
+        );
         Arc::new(Self {
             mounts,
             mount_duration,
@@ -273,6 +281,7 @@ impl Metrics {
             queued_backend_calls,
             dedup_joins,
             rejected,
+            uid_token_expiry,
             registry,
         })
     }
