@@ -279,7 +279,9 @@ fn json_fields<const N: usize>(
 /// A client for any number of Akeyless URLs, sharing one connection pool.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    /// Built on the first call: building it sets up TLS (rustls, aws-lc, the root
+    /// certificates), code and data an idle provider need not touch (README, Performance).
+    http: Arc<std::sync::OnceLock<Result<reqwest::Client, String>>>,
     options: ClientOptions,
     limiter: Arc<Limiter>,
     metrics: Arc<Metrics>,
@@ -293,24 +295,36 @@ struct Limiter {
 }
 
 impl Client {
-    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.call_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Never follow a redirect: it would carry the credential in the body elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(false)
-            .build()?;
+    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Self {
         let limiter = Arc::new(Limiter {
             permits: Semaphore::new(options.max_concurrent_calls.max(1)),
             queued: AtomicUsize::new(0),
         });
-        Ok(Self {
-            http,
+        Self {
+            http: Arc::default(),
             options,
             limiter,
             metrics,
+        }
+    }
+
+    /// The HTTP client, built on first use.
+    fn http(&self, command: &str) -> Result<&reqwest::Client, ApiError> {
+        let built = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(self.options.call_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                // Never follow a redirect: it would carry the credential in the body elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
+                .https_only(false)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        built.as_ref().map_err(|reason| ApiError::Unavailable {
+            command: command.to_owned(),
+            attempts: 0,
+            reason: format!("cannot build the HTTP client: {reason}"),
         })
     }
 
@@ -902,9 +916,9 @@ impl Client {
             self.metrics
                 .backend_call(command, status, started.elapsed());
         };
+        let http = self.http(command).map_err(Attempt::Final)?;
         let exchange = async {
-            let response = self
-                .http
+            let response = http
                 .post(url)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .json(body)
@@ -1171,7 +1185,7 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_its_cap() {
-        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new());
         for attempt in 1..20 {
             assert!(client.backoff(attempt) <= Duration::from_millis(200 * 1024));
         }
@@ -1189,7 +1203,7 @@ mod tests {
             initial_backoff: Duration::from_millis(1),
             ..ClientOptions::default()
         };
-        let client = Client::new(options, Metrics::new()).unwrap();
+        let client = Client::new(options, Metrics::new());
         let token = ApiToken::Token("t-x".into());
         let request = SshRequest {
             issuer: "/ssh",

@@ -144,8 +144,6 @@ pub struct ServeArgs {
 pub enum StartError {
     #[error(transparent)]
     VersionKey(#[from] crate::render::VersionKeyError),
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
 }
 
 impl ServeArgs {
@@ -168,7 +166,7 @@ impl ServeArgs {
                 ..akeyless::ClientOptions::default()
             },
             metrics.clone(),
-        )?;
+        );
         let authenticator = auth::Authenticator::new(
             client.clone(),
             auth::AuthOptions {
