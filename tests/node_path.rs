@@ -22,22 +22,16 @@ const MAPPING: &str = "- target: {name: cfg}\n  dataFrom: [{extract: {key: /prod
 const OBJECTS: &str = "- secretPath: /prod/plain\n  fileName: plain\n";
 
 fn sync_seed() -> Seed {
-    let yaml = format!(
-        r#"token_ttl_seconds: 900
-auth_methods:
-  - access_id: {ACCESS_ID}
-    access_type: access_key
-    access_key: "{ACCESS_KEY}"
-    read: ["/prod/*"]
-items:
-  - name: /prod/app-config
+    common::harness::seed_with_items(
+        "/prod/*",
+        "",
+        r#"  - name: /prod/app-config
     format: json
-    value: '{{"log_level":"info"}}'
+    value: '{"log_level":"info"}'
   - name: /prod/plain
     value: "plain-value"
-"#
-    );
-    Seed::from_yaml(&yaml).expect("seed parses")
+"#,
+    )
 }
 
 async fn sync_setup(extra: &[&str]) -> (Harness, FakeK8s) {
@@ -238,16 +232,7 @@ async fn a_zero_ttl_reads_the_spc_on_every_mount() {
 // ---- issuing calls: at most once per need ----
 
 fn items_seed() -> Seed {
-    let mut yaml = format!(
-        r#"token_ttl_seconds: 900
-list_page_size: 2
-auth_methods:
-  - access_id: {ACCESS_ID}
-    access_type: access_key
-    access_key: "{ACCESS_KEY}"
-    read: ["/n/*"]
-items:
-  - name: /n/dyn
+    let mut items = r#"  - name: /n/dyn
     type: dynamic-secret
     ttl_seconds: 3600
   - name: /n/pki
@@ -260,18 +245,18 @@ items:
   - name: /n/opt
     value: "opt-value"
 "#
-    );
+    .to_owned();
     for i in 0..3 {
-        yaml.push_str(&format!(
+        items.push_str(&format!(
             "  - name: /n/changing-{i}\n    value: \"static-{i}\"\n"
         ));
     }
     for i in 0..5 {
-        yaml.push_str(&format!(
+        items.push_str(&format!(
             "  - name: /n/folder/item-{i}\n    value: \"folder-{i}\"\n"
         ));
     }
-    Seed::from_yaml(&yaml).expect("seed parses")
+    common::harness::seed_with_items("/n/*", "list_page_size: 2\n", &items)
 }
 
 /// A v1.6 driver's request for `objects` from pod volume `uid`.
