@@ -1,47 +1,25 @@
-# syntax=docker/dockerfile:1
-# The provider's image: a static (musl) binary on distroless/static, nothing else in it.
+# The provider's image: the static binary, CA certificates and /etc/passwd, nothing else.
 #
-#   docker build --build-arg VERSION=0.2.0 -t <registry>/akeyless-csi-provider:0.2.0 .
-#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=0.2.0 ...
+# Build it with scripts/image, which builds the binary (`cargo build --release`, statically
+# linked), puts it in target/image/context with the files below, builds this file with buildah
+# (or docker), tests the image and writes an OCI archive:
 #
-# VERSION (semver, a leading "v" is dropped) becomes the crate version, so it is what
-# `--version`, the gRPC Version call and the User-Agent report. Empty: Cargo.toml's version.
-# TLS is rustls; no OpenSSL, no libc at run time.
-
-ARG RUST_VERSION=1.95
-
-FROM rust:${RUST_VERSION}-bookworm AS build
-ARG VERSION=""
-# musl-gcc for the C parts of the crypto library (aws-lc).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/*
-RUN rustup target add "$(uname -m)-unknown-linux-musl"
-WORKDIR /src
-COPY . .
-RUN set -eu; \
-    if [ -n "${VERSION}" ]; then \
-      v="${VERSION#v}"; \
-      sed -i "0,/^version = \".*\"$/s//version = \"${v}\"/" Cargo.toml; \
-      sed -i "/^name = \"akeyless-csi-provider\"$/{n;s/^version = .*/version = \"${v}\"/}" Cargo.lock; \
-    fi; \
-    target="$(uname -m)-unknown-linux-musl"; \
-    export "CC_$(uname -m)_unknown_linux_musl=musl-gcc"; \
-    cargo build --release --locked --target "${target}" --bin akeyless-csi-provider; \
-    install -D -m 0755 "target/${target}/release/akeyless-csi-provider" /out/akeyless-csi-provider; \
-    /out/akeyless-csi-provider --version
-
-# distroless/static: CA certificates, /etc/passwd, tzdata; no shell, no package manager.
-# The image's default user is nonroot (65532), right for `demo`, `emulator` and `mount`. The
-# DaemonSet runs `serve` as uid 0 with every capability dropped, because the providers
-# directory on the node is root's and shared with other providers (see docs/deploy.md).
-FROM gcr.io/distroless/static-debian12:nonroot
-ARG VERSION=""
+#   scripts/image
+#   buildah push akeyless-csi-provider:0.1.0 docker://<registry>/akeyless-csi-provider:0.1.0
+#
+# The build context is target/image/context, never the source tree.
+FROM scratch
 LABEL org.opencontainers.image.title="akeyless-csi-provider" \
       org.opencontainers.image.description="Akeyless provider for the Kubernetes Secrets Store CSI driver" \
-      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/akeyless-csi-provider /usr/local/bin/akeyless-csi-provider
+# rustls finds them here (rustls-native-certs' Debian path); without any, `serve` does not start.
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY passwd /etc/passwd
+COPY group /etc/group
+COPY akeyless-csi-provider /usr/local/bin/akeyless-csi-provider
+# nonroot by default, right for `demo`, `emulator`, `mount` and `check`. The DaemonSet runs
+# `serve` as uid 0 with every capability dropped, because the providers directory on the node
+# is root's and shared with other providers (see docs/deploy.md).
 USER 65532:65532
 EXPOSE 8098
 ENTRYPOINT ["/usr/local/bin/akeyless-csi-provider"]

@@ -32,7 +32,8 @@ pub struct LogArgs {
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info`, `debug` or `akeyless_csi_provider=trace,info`
-    /// [default: info for serve and emulator, warn for mount and demo].
+    /// [default: info for serve and emulator, warn for the other commands (the demo also hides
+    /// its provider's audit events: `audit=off`)].
     #[arg(long, global = true, env = "AKEYLESS_CSI_LOG_LEVEL")]
     pub log_level: Option<String>,
 }
@@ -46,11 +47,17 @@ impl Cli {
         } else {
             LogFormat::Text
         });
+        // The demo tells its own story; the audit events of its provider would interrupt it.
+        let quiet = if matches!(self.command, Command::Demo(_)) {
+            "warn,audit=off"
+        } else {
+            "warn"
+        };
         let level = self
             .log
             .log_level
             .clone()
-            .unwrap_or_else(|| if daemon { "info" } else { "warn" }.to_owned());
+            .unwrap_or_else(|| if daemon { "info" } else { quiet }.to_owned());
         (format, level)
     }
 }
@@ -65,6 +72,12 @@ pub enum Command {
     Mount(MountArgs),
     /// Run the emulator and the provider locally and mount a sample SecretProviderClass.
     Demo(DemoArgs),
+    /// Check SecretProviderClass manifests offline, with the provider's own parsers: every
+    /// problem at once, by file, line and field. Exit code 0 clean, 1 problems, 2 unreadable.
+    Check(CheckArgs),
+    /// Print this binary's version, or with --socket the version a running provider answers
+    /// (the driver's Version call).
+    Version(VersionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +267,41 @@ pub struct DemoArgs {
     /// Keep the mounted files in this directory (default: a temporary one, removed at the end).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// YAML files, `-` for stdin: SecretProviderClasses alone or among other manifests (e.g. the
+    /// output of `kubectl kustomize` or `helm template`); other kinds are skipped.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// `json` for pipelines.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: CheckOutput,
+    /// Also print what a first mount of each SecretProviderClass would do: the identity, the
+    /// files, and the Akeyless calls.
+    #[arg(long)]
+    pub plan: bool,
+    /// Also list the documents that were skipped, and why.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// How `check` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Ask the provider serving this socket instead (e.g. /provider/akeyless.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// How long to wait for its answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Where the HTTP endpoints listen, if anywhere.

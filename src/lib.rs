@@ -21,12 +21,14 @@
 //!
 //! Around them: [`secret`] (types that never print secret material), [`template`] (the
 //! `{{ .key }}` templates of files and Secrets), [`telemetry`] (logs and metrics),
-//! [`cli`] (flags), and the developer tools [`emulator`] (an Akeyless-compatible API on loopback),
-//! [`mount_cli`] (a driver-equivalent client) and [`demo`].
+//! [`cli`] (flags), and the tools [`emulator`] (an Akeyless-compatible API on loopback),
+//! [`mount_cli`] (a driver-equivalent client), [`check`] (SecretProviderClasses checked offline
+//! with the provider's own parsers) and [`demo`].
 #![forbid(unsafe_code)]
 
 pub mod akeyless;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod emulator;

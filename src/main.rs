@@ -6,7 +6,7 @@ use clap::Parser;
 
 use akeyless_csi_provider::cli::{Cli, Command, HttpAddr};
 use akeyless_csi_provider::telemetry::metrics::Metrics;
-use akeyless_csi_provider::{demo, emulator, mount_cli, server, telemetry};
+use akeyless_csi_provider::{check, demo, emulator, mount_cli, server, service, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -61,6 +61,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Demo(args) => demo::run(&args).await?,
+        Command::Check(args) => std::process::exit(check::run(&args)),
+        Command::Version(args) => match &args.socket {
+            None => println!(
+                "{} {} ({} {}, {} linked)",
+                service::RUNTIME_NAME,
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                if cfg!(target_feature = "crt-static") {
+                    "statically"
+                } else {
+                    "dynamically"
+                }
+            ),
+            Some(socket) => {
+                let answer = mount_cli::version(socket, args.timeout).await?;
+                println!(
+                    "{} {} (API {}) at {}",
+                    answer.runtime_name,
+                    answer.runtime_version,
+                    answer.version,
+                    socket.display()
+                );
+            }
+        },
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::cli::MountArgs;
 use crate::params::keys;
 use crate::proto::v1alpha1::csi_driver_provider_client::CsiDriverProviderClient;
-use crate::proto::v1alpha1::{MountRequest, MountResponse};
+use crate::proto::v1alpha1::{MountRequest, MountResponse, VersionRequest, VersionResponse};
 
 /// Why the mount client could not do its work (a refused mount is not an error here: it is
 /// reported with its gRPC code).
@@ -46,6 +46,8 @@ pub enum MountCliError {
     },
     #[error("the provider returned an unsafe file path {0:?}; nothing was written")]
     UnsafePath(String),
+    #[error("the provider at {socket} did not answer Version: {message}")]
+    Version { socket: PathBuf, message: String },
     #[error("{0}")]
     Usage(String),
 }
@@ -61,26 +63,92 @@ pub struct PodIdentity {
 
 /// A SecretProviderClass as far as the driver reads it.
 #[derive(Debug, Deserialize)]
-struct Spc {
+pub struct Spc {
     #[serde(default)]
-    metadata: Metadata,
-    spec: SpcSpec,
+    pub metadata: Metadata,
+    pub spec: SpcSpec,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct Metadata {
+pub struct Metadata {
     #[serde(default)]
-    name: Option<String>,
+    pub name: Option<String>,
     #[serde(default)]
-    namespace: Option<String>,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct SpcSpec {
+pub struct SpcSpec {
     #[serde(default)]
-    provider: Option<String>,
+    pub provider: Option<String>,
     #[serde(default)]
-    parameters: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Spc {
+    /// Reads one YAML document as the driver reads a SecretProviderClass.
+    pub fn from_value(value: serde_norway::Value) -> Result<Self, String> {
+        serde_norway::from_value(value).map_err(|e| {
+            format!("not a valid SecretProviderClass ({e}); every parameter value must be a string")
+        })
+    }
+
+    /// The request the driver would send for this SecretProviderClass mounted by `pod`: SPC
+    /// parameters, then the volume context (the pod's volumeAttributes, then kubelet's pod-info
+    /// keys over them); the nodePublishSecretRef data as `secrets`; `permission` "420".
+    pub fn request(
+        &self,
+        pod: &PodIdentity,
+        secrets: &BTreeMap<String, String>,
+        tokens_json: Option<&str>,
+        extra_attributes: &BTreeMap<String, String>,
+    ) -> Result<MountRequest, String> {
+        if self.spec.parameters.is_empty() {
+            return Err(
+                "spec.parameters is empty; the driver refuses such a SecretProviderClass"
+                    .to_owned(),
+            );
+        }
+        let spc_name = self
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "unnamed".to_owned());
+        let namespace = pod
+            .namespace
+            .clone()
+            .or_else(|| self.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        let mut attributes = self.spec.parameters.clone();
+        attributes.insert(keys::SPC_NAME.to_owned(), spc_name);
+        attributes.extend(extra_attributes.clone());
+        attributes.insert(keys::POD_NAME.to_owned(), pod.name.clone());
+        attributes.insert(keys::POD_NAMESPACE.to_owned(), namespace);
+        attributes.insert(keys::POD_UID.to_owned(), pod.uid.clone());
+        attributes.insert(
+            keys::SERVICE_ACCOUNT.to_owned(),
+            pod.service_account.clone(),
+        );
+        attributes.insert("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned());
+        if let Some(tokens) = tokens_json {
+            attributes.insert(keys::SA_TOKENS.to_owned(), tokens.to_owned());
+        }
+        let secrets = if secrets.is_empty() {
+            "null".to_owned()
+        } else {
+            serde_json::to_string(secrets).unwrap_or_else(|_| "null".to_owned())
+        };
+        Ok(MountRequest {
+            attributes: serde_json::to_string(&attributes).unwrap_or_default(),
+            secrets,
+            target_path: format!(
+                "/var/lib/kubelet/pods/{}/volumes/kubernetes.io~csi/secrets-store/mount",
+                pod.uid
+            ),
+            permission: "420".to_owned(),
+            current_object_version: Vec::new(),
+        })
+    }
 }
 
 /// Builds the request the driver would send for `spc_yaml` mounted by `pod`.
@@ -101,11 +169,7 @@ pub fn build_request(
     for doc in serde_norway::Deserializer::from_str(spc_yaml) {
         let value = serde_norway::Value::deserialize(doc).map_err(|e| input(e.to_string()))?;
         if value.get("kind").and_then(|k| k.as_str()) == Some("SecretProviderClass") {
-            spc = Some(serde_norway::from_value::<Spc>(value).map_err(|e| {
-                input(format!(
-                    "not a valid SecretProviderClass ({e}); every parameter value must be a string"
-                ))
-            })?);
+            spc = Some(Spc::from_value(value).map_err(input)?);
             break;
         }
     }
@@ -116,50 +180,8 @@ pub fn build_request(
             "spec.provider is not \"akeyless\"; the driver would not call this provider"
         );
     }
-    if spc.spec.parameters.is_empty() {
-        return Err(input(
-            "spec.parameters is empty; the driver refuses such a SecretProviderClass".to_owned(),
-        ));
-    }
-    let spc_name = spc.metadata.name.unwrap_or_else(|| "unnamed".to_owned());
-    let namespace = pod
-        .namespace
-        .clone()
-        .or(spc.metadata.namespace)
-        .unwrap_or_else(|| "default".to_owned());
-
-    // The driver's merge order: SPC parameters, then the volume context (the pod's
-    // volumeAttributes, then kubelet's pod-info keys over them).
-    let mut attributes = spc.spec.parameters;
-    attributes.insert(keys::SPC_NAME.to_owned(), spc_name);
-    attributes.extend(extra_attributes.clone());
-    attributes.insert(keys::POD_NAME.to_owned(), pod.name.clone());
-    attributes.insert(keys::POD_NAMESPACE.to_owned(), namespace);
-    attributes.insert(keys::POD_UID.to_owned(), pod.uid.clone());
-    attributes.insert(
-        keys::SERVICE_ACCOUNT.to_owned(),
-        pod.service_account.clone(),
-    );
-    attributes.insert("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned());
-    if let Some(tokens) = tokens_json {
-        attributes.insert(keys::SA_TOKENS.to_owned(), tokens.to_owned());
-    }
-
-    let secrets = if secrets.is_empty() {
-        "null".to_owned()
-    } else {
-        serde_json::to_string(secrets).unwrap_or_else(|_| "null".to_owned())
-    };
-    Ok(MountRequest {
-        attributes: serde_json::to_string(&attributes).unwrap_or_default(),
-        secrets,
-        target_path: format!(
-            "/var/lib/kubelet/pods/{}/volumes/kubernetes.io~csi/secrets-store/mount",
-            pod.uid
-        ),
-        permission: "420".to_owned(),
-        current_object_version: Vec::new(),
-    })
+    spc.request(pod, secrets, tokens_json, extra_attributes)
+        .map_err(input)
 }
 
 /// Reads nodePublishSecretRef data: a Secret YAML (`data` base64, `stringData`), a JSON
@@ -234,6 +256,29 @@ pub async fn connect(socket: &Path) -> Result<CsiDriverProviderClient<Channel>, 
             source,
         })?;
     Ok(CsiDriverProviderClient::new(channel))
+}
+
+/// Asks the provider at `socket` for its version, as the driver does before it mounts.
+pub async fn version(socket: &Path, timeout: Duration) -> Result<VersionResponse, MountCliError> {
+    let failed = |message: String| MountCliError::Version {
+        socket: socket.to_owned(),
+        message,
+    };
+    let call = async {
+        let mut client = connect(socket).await?;
+        let mut request = tonic::Request::new(VersionRequest {
+            version: crate::service::API_VERSION.to_owned(),
+        });
+        request.set_timeout(timeout);
+        client
+            .version(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failed(s.message().to_owned()))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(failed(format!("no answer within {timeout:?}"))))
 }
 
 /// Sends one Mount with a deadline, as the driver does.

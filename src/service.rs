@@ -6,6 +6,7 @@
 //! Every failure becomes a [`MountError`], mapped explicitly to a gRPC code, whose message names
 //! the SecretProviderClass, the objects and the fix — and never a value, key or token.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,18 +138,10 @@ impl Provider {
         // The Secrets' items join the files' batched reads; the mapping comes from the SPC object.
         let sync =
             crate::sync::prepare(self.inner.options.secret_sync.as_ref(), config, deadline).await?;
-        let extra = sync.as_ref().map(|p| p.items()).unwrap_or_default();
-        let mut optional = sync
-            .as_ref()
-            .map(|p| p.optional_items())
-            .unwrap_or_default();
-        for object in config.objects.iter().filter(|o| !o.optional) {
-            // A required file's item stays required for the Secrets too.
-            optional.remove(&ItemRef {
-                name: object.secret_path.clone(),
-                version: object.version,
-            });
-        }
+        let (extra, optional) = secret_reads(
+            sync.as_ref().map(crate::sync::Plan::mapping),
+            &config.objects,
+        );
         let want = Want {
             objects: &config.objects,
             extra: &extra,
@@ -266,6 +259,25 @@ impl CsiDriverProvider for Provider {
     }
 }
 
+/// What a mount reads for its Kubernetes Secrets besides its files: the mapping's items, and
+/// those of them that may be missing (a required file's item stays required).
+pub fn secret_reads(
+    mapping: Option<&crate::sync::mapping::Mapping>,
+    objects: &[params::ObjectSpec],
+) -> (Vec<ItemRef>, BTreeSet<ItemRef>) {
+    let Some(mapping) = mapping else {
+        return (Vec::new(), BTreeSet::new());
+    };
+    let mut optional = mapping.optional_items();
+    for object in objects.iter().filter(|o| !o.optional) {
+        optional.remove(&ItemRef {
+            name: object.secret_path.clone(),
+            version: object.version,
+        });
+    }
+    (mapping.items(), optional)
+}
+
 /// Runs a mount so that a panic anywhere in it fails this request only, never the connection
 /// or the daemon.
 async fn contained<T>(
@@ -299,7 +311,7 @@ impl Audit {
             uid: config.pod.uid.clone(),
             service_account: config.pod.service_account.clone(),
         };
-        self.spc = config.spc_name.clone().unwrap_or_default();
+        self.spc = config.spc_label();
         self.objects = config
             .objects
             .iter()
@@ -309,7 +321,8 @@ impl Audit {
     }
 
     fn emit<T>(&self, outcome: &Result<T, MountError>, elapsed: Duration) {
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        // Whole microseconds: `0.53`, not `0.5302250000000001`.
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
         match outcome {
             Ok(_) => tracing::info!(
                 target: "audit",
@@ -362,24 +375,20 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
 /// Which mount an error belongs to, for its message.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
-    spc: Option<String>,
-    pod: Option<String>,
+    /// `SecretProviderClass ns/name (pod ns/pod)`, or what is known of it.
+    text: Option<String>,
 }
 
 impl Context {
     fn of(config: &MountConfig) -> Self {
-        let ns = &config.pod.namespace;
-        let qualify = |name: &str| {
-            if ns.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{ns}/{name}")
-            }
+        let spc = config.spc_label();
+        let text = match (&config.spc_name, config.pod_label()) {
+            (Some(_), Some(pod)) => Some(format!("SecretProviderClass {spc} (pod {pod})")),
+            (Some(_), None) => Some(format!("SecretProviderClass {spc}")),
+            (None, Some(_)) => Some(spc),
+            (None, None) => None,
         };
-        Self {
-            spc: config.spc_name.as_deref().map(qualify),
-            pod: (!config.pod.name.is_empty()).then(|| qualify(&config.pod.name)),
-        }
+        Self { text }
     }
 }
 
@@ -408,9 +417,9 @@ pub enum MountError {
     Internal(String),
     #[error("secret sync: {0}")]
     Sync(#[from] crate::sync::SyncError),
-    #[error("SecretProviderClass {spc}: {source}")]
+    #[error("{context}: {source}")]
     Within {
-        spc: String,
+        context: String,
         #[source]
         source: Box<MountError>,
     },
@@ -440,15 +449,12 @@ impl MountError {
     }
 
     fn within(self, context: Context) -> Self {
-        let spc = match (context.spc, context.pod) {
-            (Some(spc), Some(pod)) => format!("{spc} (pod {pod})"),
-            (Some(spc), None) => spc,
-            (None, Some(pod)) => format!("of pod {pod}"),
-            (None, None) => return self,
-        };
-        Self::Within {
-            spc,
-            source: Box::new(self),
+        match context.text {
+            Some(context) => Self::Within {
+                context,
+                source: Box::new(self),
+            },
+            None => self,
         }
     }
 
@@ -599,12 +605,51 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789S"), None);
     }
 
+    /// Drivers up to v1.5 send no `secretProviderClass` on rotation calls: say whose it is.
+    #[test]
+    fn an_spc_the_driver_did_not_name_is_named_by_its_pod() {
+        let config = |spc: Option<&str>| {
+            let mut attributes = serde_json::json!({
+                "objects": "- secretPath: /a",
+                "csi.storage.k8s.io/pod.name": "web-1",
+                "csi.storage.k8s.io/pod.namespace": "shop",
+            });
+            if let Some(spc) = spc {
+                attributes["secretProviderClass"] = spc.into();
+            }
+            params::parse(&MountRequest {
+                attributes: attributes.to_string(),
+                secrets: "null".into(),
+                target_path: String::new(),
+                permission: "420".into(),
+                current_object_version: vec![],
+            })
+            .unwrap()
+        };
+        let error = || MountError::NotFound("item /a does not exist".into());
+        let named = config(Some("web"));
+        assert_eq!(named.spc_label(), "shop/web");
+        assert_eq!(
+            error().within(Context::of(&named)).to_string(),
+            "SecretProviderClass shop/web (pod shop/web-1): item /a does not exist"
+        );
+        let rotation = config(None);
+        assert_eq!(
+            rotation.spc_label(),
+            "the SecretProviderClass of pod shop/web-1",
+            "what the audit event's spc says"
+        );
+        assert_eq!(
+            error().within(Context::of(&rotation)).to_string(),
+            "the SecretProviderClass of pod shop/web-1: item /a does not exist"
+        );
+    }
+
     #[test]
     fn errors_keep_their_code_inside_their_context() {
         let inner = MountError::NotFound("item /a does not exist".into());
         let e = inner.within(Context {
-            spc: Some("shop/web".into()),
-            pod: Some("shop/web-1".into()),
+            text: Some("SecretProviderClass shop/web (pod shop/web-1)".into()),
         });
         assert_eq!(e.code(), tonic::Code::NotFound);
         assert_eq!(

@@ -125,3 +125,58 @@ fn the_emulator_runs_as_its_own_process() {
     let body = result.unwrap();
     assert!(body["token"].as_str().unwrap().starts_with("t-"), "{body}");
 }
+
+#[tokio::test]
+async fn version_prints_the_binary_and_asks_a_provider_on_its_socket() {
+    let h = Harness::start(seed(1)).await;
+    let socket = h.socket.clone();
+    let (own, asked, missing) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&std::ffi::OsStr]| {
+            Command::new(BIN)
+                .arg("version")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let dir = socket.parent().unwrap().join("nothing-here.sock");
+        (
+            run(&[]),
+            run(&["--socket".as_ref(), socket.as_os_str()]),
+            run(&[
+                "--socket".as_ref(),
+                dir.as_os_str(),
+                "--timeout".as_ref(),
+                "1s".as_ref(),
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(own.status.success());
+    assert!(
+        text(&own).starts_with(&format!(
+            "akeyless-csi-provider {} (linux",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        text(&own)
+    );
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    assert!(
+        text(&asked).contains("(API v1alpha1) at "),
+        "{}",
+        text(&asked)
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("did not answer Version")
+            || String::from_utf8_lossy(&missing.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

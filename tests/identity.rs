@@ -895,7 +895,7 @@ async fn gcp_workload_identity_and_node_metadata() {
 #[tokio::test]
 async fn token_request_fallback_requests_a_pod_bound_token_and_reads_annotations() {
     let cloud = FakeCloud::start().await;
-    let kube = common::kube_api::FakeKube::start().await;
+    let kube = common::fake_k8s::FakeK8s::start().await;
     let kube_url = kube.url();
     let h = start(
         Some(&cloud),

@@ -100,6 +100,14 @@ fn check_role_arn(arn: &str) -> Result<(), AuthError> {
 }
 
 impl Proof {
+    /// The pod token it uses; `None` and `true`: the node's identity.
+    pub fn pod_token(&self) -> (Option<&PodJwt>, bool) {
+        match self {
+            Self::WebIdentity { token, .. } | Self::PodIdentity { token } => (Some(token), false),
+            Self::Node => (None, true),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::WebIdentity { .. } => "aws irsa",

@@ -107,6 +107,25 @@ fn check_id(name: &str, value: &str) -> Result<(), AuthError> {
 }
 
 impl Proof {
+    /// The pod token it uses; `None` and `true`: the node's identity.
+    pub fn pod_token(&self) -> (Option<&PodJwt>, bool) {
+        match self {
+            Self::Workload { token, .. } => (Some(token), false),
+            Self::Node { .. } => (None, true),
+        }
+    }
+
+    /// The tenant of a workload identity, when known before the login.
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            Self::Workload {
+                tenant_id: Setting::Given(tenant),
+                ..
+            } => Some(tenant),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Workload { .. } => "azure workload identity",

@@ -12,7 +12,7 @@ use super::exchange::json_field;
 use super::resolve::Ctx;
 use super::settings::endpoint;
 use super::{AuthError, LoginCtx, PodJwt, Setting};
-use crate::params::keys;
+use crate::params::{AccessConfig, keys};
 use crate::secret::SecretString;
 
 /// The server's default `gcp-audience`.
@@ -39,23 +39,13 @@ pub(super) fn proof(ctx: &Ctx<'_>) -> Result<Proof, AuthError> {
         .or_else(|| ctx.settings.provider.gcp_audience.clone())
         .unwrap_or_else(|| DEFAULT_GCP_AUDIENCE.to_owned());
     if let Some(sts_audience) = &ctx.access.gcp_workload_identity_audience {
-        // GKE's form `identitynamespace:<project>.svc.id.goog:<cluster URL>` names the pool,
-        // which is the audience of the pod's token; other pools need it spelled out.
-        let pool = sts_audience
-            .strip_prefix("identitynamespace:")
-            .and_then(|rest| rest.split(':').next())
-            .filter(|p| !p.is_empty());
-        let token_audience = match (ctx.access.token_audience.as_deref(), pool) {
-            (Some(a), _) => a,
-            (None, Some(pool)) => pool,
-            (None, None) => {
-                return Err(AuthError::Missing(format!(
-                    "{}: missing; name the audience of the pod's token that {} accepts",
-                    keys::TOKEN_AUDIENCE,
-                    keys::GCP_WORKLOAD_IDENTITY_AUDIENCE
-                )));
-            }
-        };
+        let token_audience = token_audience(ctx.access).ok_or_else(|| {
+            AuthError::Missing(format!(
+                "{}: missing; name the audience of the pod's token that {} accepts",
+                keys::TOKEN_AUDIENCE,
+                keys::GCP_WORKLOAD_IDENTITY_AUDIENCE
+            ))
+        })?;
         let token = ctx
             .pod_token(token_audience)
             .ok_or_else(|| AuthError::Precondition(ctx.missing_audience(token_audience, "")))?;
@@ -91,6 +81,18 @@ pub(super) fn proof(ctx: &Ctx<'_>) -> Result<Proof, AuthError> {
     Ok(Proof::Node { audience })
 }
 
+/// The audience of the pod's token for a workload identity pool: `akeylessTokenAudience`, else
+/// the pool itself, which GKE's form `identitynamespace:<project>.svc.id.goog:<cluster URL>`
+/// names; other pools need it spelled out.
+pub(super) fn token_audience(access: &AccessConfig) -> Option<&str> {
+    let sts_audience = access.gcp_workload_identity_audience.as_deref()?;
+    let pool = sts_audience
+        .strip_prefix("identitynamespace:")
+        .and_then(|rest| rest.split(':').next())
+        .filter(|p| !p.is_empty());
+    access.token_audience.as_deref().or(pool)
+}
+
 fn check_service_account(email: &str) -> Result<(), AuthError> {
     if email.contains('@') && !email.contains('/') && !email.contains(char::is_whitespace) {
         return Ok(());
@@ -102,6 +104,14 @@ fn check_service_account(email: &str) -> Result<(), AuthError> {
 }
 
 impl Proof {
+    /// The pod token it uses; `None` and `true`: the node's identity.
+    pub fn pod_token(&self) -> (Option<&PodJwt>, bool) {
+        match self {
+            Self::Workload { token, .. } => (Some(token), false),
+            Self::Node { .. } => (None, true),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Workload { .. } => "gcp workload identity",

@@ -91,6 +91,96 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// Something an identity relies on from outside its SecretProviderClass (for `check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The pod's service-account token for this audience, which the driver sends when the
+    /// audience is in the CSIDriver's `tokenRequests` (or the provider asks, `--token-request`).
+    PodToken(String),
+    /// The node's own cloud identity (`--node-identity`).
+    NodeIdentity,
+    /// A parameter the SPC leaves to the provider's flag: `(parameter, flag)`.
+    ProviderDefault(&'static str, &'static str),
+}
+
+/// Stands in for a provider default in [`offline_identity`], to tell when one is used.
+const OFFLINE_DEFAULT: &str = "provider-default";
+
+impl Identity {
+    /// What proves the identity, for people: "access key", "aws irsa", ...
+    pub fn proof_kind(&self) -> &'static str {
+        self.proof.kind()
+    }
+
+    /// Whether a token is had with `/auth` (a Universal Identity token is used as it is).
+    pub fn logs_in(&self) -> bool {
+        !matches!(self.proof, Proof::Uid(_))
+    }
+
+    /// What the identity relies on beyond the SecretProviderClass.
+    pub fn needs(&self) -> Vec<Need> {
+        let mut needs = match self.proof.pod_token() {
+            (Some(token), _) => vec![Need::PodToken(token.audience().to_owned())],
+            (None, true) => vec![Need::NodeIdentity],
+            (None, false) => Vec::new(),
+        };
+        match &self.proof {
+            Proof::K8s { config_name, .. } if config_name == OFFLINE_DEFAULT => {
+                needs.push(Need::ProviderDefault(
+                    crate::params::keys::K8S_AUTH_CONFIG_NAME,
+                    "--default-k8s-auth-config-name (AKEYLESS_K8S_AUTH_CONFIG_NAME)",
+                ));
+            }
+            Proof::Azure(p) if p.tenant_id() == Some(OFFLINE_DEFAULT) => {
+                needs.push(Need::ProviderDefault(
+                    crate::params::keys::AZURE_TENANT_ID,
+                    "--azure-tenant-id (AZURE_TENANT_ID)",
+                ));
+            }
+            _ => {}
+        }
+        needs
+    }
+}
+
+/// The identity a mount of `config` calling `base` would have if the driver sent the pod's
+/// service-account token for every audience its access type can use, and the admin allowed the
+/// node's identity and the provider's non-secret defaults: what `check` reports, with
+/// [`Identity::needs`] saying which of these it relies on. The provider's own credentials are
+/// not assumed. No network call happens here.
+pub fn offline_identity(base: Url, config: &MountConfig) -> Result<Identity, AuthError> {
+    let access = &config.access;
+    let mut audiences = vec![
+        resolve::DEFAULT_AUDIENCE,
+        azure::WORKLOAD_IDENTITY_AUDIENCE,
+        aws::IRSA_AUDIENCE,
+        aws::POD_IDENTITY_AUDIENCE,
+    ];
+    audiences.extend(access.token_audience.as_deref());
+    audiences.extend(gcp::token_audience(access));
+    let mut config = config.clone();
+    for audience in audiences {
+        config.pod.tokens.insert(
+            audience.to_owned(),
+            crate::params::PodToken {
+                token: SecretString::new("offline"),
+                expiration: None,
+            },
+        );
+    }
+    let settings = AuthSettings {
+        default_url: base.clone(),
+        node_identity: true,
+        azure_tenant_id: Some(OFFLINE_DEFAULT.to_owned()),
+        provider: ProviderCredentials {
+            k8s_auth_config_name: Some(OFFLINE_DEFAULT.to_owned()),
+            ..ProviderCredentials::default()
+        },
+        ..AuthSettings::default()
+    };
+    resolve::identity(&settings, base, &config)
+}
+
 /// What proves an identity, before any exchange. Never printed.
 #[derive(Clone)]
 enum Proof {
@@ -121,6 +211,17 @@ impl Proof {
         }
     }
 
+    /// The pod token it uses, if any; `None` with `node` true: the node's own identity.
+    fn pod_token(&self) -> (Option<&PodJwt>, bool) {
+        match self {
+            Self::AccessKey(_) | Self::Uid(_) => (None, false),
+            Self::K8s { token, .. } | Self::Jwt(token) => (Some(token), false),
+            Self::Azure(p) => p.pod_token(),
+            Self::Aws(p) => p.pod_token(),
+            Self::Gcp(p) => p.pod_token(),
+        }
+    }
+
     /// The parts that tell identities apart; hashed into the key, never kept.
     fn key_parts(&self) -> Vec<&str> {
         let mut parts = vec![self.kind()];
@@ -143,7 +244,8 @@ impl Proof {
 /// (`--token-request`) inside the login.
 #[derive(Clone)]
 enum PodJwt {
-    Sent(SecretString),
+    /// The token and its audience.
+    Sent(SecretString, String),
     Requested(Box<kube::BoundToken>),
 }
 
@@ -152,7 +254,7 @@ impl PodJwt {
     /// a requested one is the pod's, by uid.
     fn key_parts(&self) -> Vec<&str> {
         match self {
-            Self::Sent(token) => vec!["sent", token.expose()],
+            Self::Sent(token, _) => vec!["sent", token.expose()],
             Self::Requested(b) => vec![
                 "requested",
                 &b.namespace,
@@ -164,9 +266,16 @@ impl PodJwt {
         }
     }
 
+    fn audience(&self) -> &str {
+        match self {
+            Self::Sent(_, audience) => audience,
+            Self::Requested(bound) => &bound.audience,
+        }
+    }
+
     async fn get(&self, login: &LoginCtx<'_>) -> Result<SecretString, AuthError> {
         match self {
-            Self::Sent(token) => Ok(token.clone()),
+            Self::Sent(token, _) => Ok(token.clone()),
             Self::Requested(bound) => login.kube.token(bound, login.deadline).await,
         }
     }
@@ -617,11 +726,11 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&id.proof, Proof::K8s { token: PodJwt::Sent(token), config_name } if token.expose() == POD_TOKEN && config_name == "cluster-a")
+            matches!(&id.proof, Proof::K8s { token: PodJwt::Sent(token, _), config_name } if token.expose() == POD_TOKEN && config_name == "cluster-a")
         );
         let custom = resolve(&s, gw, &k8s(Some("aud-x"), &[("aud-x", POD_TOKEN)])).unwrap();
         assert!(
-            matches!(&custom.proof, Proof::K8s { token: PodJwt::Sent(token), .. } if token.expose() == POD_TOKEN)
+            matches!(&custom.proof, Proof::K8s { token: PodJwt::Sent(token, _), .. } if token.expose() == POD_TOKEN)
         );
         // Set but empty: the kube-apiserver's own audience.
         assert!(resolve(&s, gw, &k8s(Some(""), &[("", POD_TOKEN)])).is_ok());
@@ -810,7 +919,7 @@ mod tests {
         assert!(matches!(
             resolve(&s, "https://gw", &sent).unwrap().proof,
             Proof::K8s {
-                token: PodJwt::Sent(_),
+                token: PodJwt::Sent(..),
                 ..
             }
         ));

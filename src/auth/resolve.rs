@@ -33,7 +33,7 @@ impl Ctx<'_> {
         self.pod
             .tokens
             .get(audience)
-            .map(|t| PodJwt::Sent(t.token.clone()))
+            .map(|t| PodJwt::Sent(t.token.clone(), audience.to_owned()))
     }
 
     /// The pod's token for `audience`: sent by the driver, else (with `--token-request`, for a

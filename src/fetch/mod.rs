@@ -11,8 +11,9 @@
 
 pub mod issue;
 pub mod lease;
+pub mod plan;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -304,9 +305,9 @@ enum Op {
 impl Op {
     fn command(&self) -> &'static str {
         match self {
-            Self::Values { .. } => "get-secret-value",
-            Self::Rotated { .. } => "get-rotated-secret-value",
-            Self::Certificate { .. } => "get-certificate-value",
+            Self::Values { .. } => plan::command(&ItemKind::Static),
+            Self::Rotated { .. } => plan::command(&ItemKind::Rotated),
+            Self::Certificate { .. } => plan::command(&ItemKind::Certificate),
             Self::Describe { .. } => "describe-item",
             Self::List { .. } => "list-items",
         }
@@ -427,36 +428,16 @@ impl Fetcher {
         remembered: &mut Vec<String>,
     ) -> Result<Fetched, FetchError> {
         let refs = references(want);
-        let required: HashSet<&str> = refs
-            .iter()
-            .filter(|r| !r.optional)
-            .map(|r| r.name)
-            .collect();
+        let required = plan::required(&refs);
         let mut fetched = Fetched::default();
 
         // Types of undeclared items (unless another object declares the item's type) and
         // folder listings, concurrently.
-        let declared: HashMap<&str, &ItemKind> = refs
-            .iter()
-            .filter_map(|r| Some((r.name, r.declared.filter(|k| !k.is_lease())?)))
-            .collect();
-        let undeclared: BTreeSet<&str> = refs
-            .iter()
-            .filter(|r| r.declared.is_none())
-            .map(|r| r.name)
-            .filter(|name| match declared.get(name) {
-                Some(kind) => {
-                    fetched.kinds.insert((*name).to_owned(), (*kind).clone());
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        let folders: Vec<&ObjectSpec> = want
-            .objects
-            .iter()
-            .filter(|o| matches!(o.shape, Shape::Folder(_)))
-            .collect();
+        let first = plan::first_reads(&refs, want);
+        for (name, kind) in first.declared_elsewhere {
+            fetched.kinds.insert(name.to_owned(), kind);
+        }
+        let (undeclared, folders) = (first.describe, first.folders);
         // Known types in one look at the cache; the others are asked.
         let scope = type_scope(identity);
         let mut unknown = Vec::new();
@@ -516,37 +497,15 @@ impl Fetcher {
             }
             fetched.folders.insert(object.id(), names);
         }
-        for r in &refs {
+        plan::add_units(&mut units, &refs, &required, |r| {
             if fetched.absent.contains(r.name) {
-                continue;
+                return None;
             }
-            let Some(kind) = r.declared.or_else(|| fetched.kinds.get(r.name)) else {
-                continue;
-            };
-            let optional = !required.contains(r.name);
-            units
-                .entry(Unit {
-                    name: r.name.to_owned(),
-                    version: r.version,
-                    kind: kind.clone(),
-                })
-                .and_modify(|o| *o &= optional)
-                .or_insert(optional);
-        }
+            r.declared.or_else(|| fetched.kinds.get(r.name)).cloned()
+        });
 
         // The reads, concurrently: one batch per pinned version, one call per other item.
-        let mut batches: BTreeMap<Option<u32>, BTreeSet<String>> = BTreeMap::new();
-        let mut singles = Vec::new();
-        for (unit, optional) in &units {
-            if unit.kind == ItemKind::Static {
-                batches
-                    .entry(unit.version)
-                    .or_default()
-                    .insert(unit.name.clone());
-            } else {
-                singles.push((unit, *optional));
-            }
-        }
+        let (batches, singles) = plan::group(&units);
         let optional_statics: BTreeSet<(String, Option<u32>)> = units
             .iter()
             .filter(|(u, optional)| u.kind == ItemKind::Static && **optional)

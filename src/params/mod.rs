@@ -38,6 +38,28 @@ pub mod keys {
     pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
     pub const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
     pub const SA_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+
+    /// The SecretProviderClass parameters the provider reads here (mirroring into Secrets adds
+    /// [`crate::sync::SECRET_SYNC`] and [`crate::sync::FAILURE_POLICY`]).
+    pub const SPC_PARAMETERS: &[&str] = &[
+        GATEWAY_URL,
+        ACCESS_ID,
+        ACCESS_TYPE,
+        ACCESS_KEY,
+        UID_TOKEN,
+        K8S_AUTH_CONFIG_NAME,
+        TOKEN_AUDIENCE,
+        AZURE_OBJECT_ID,
+        AZURE_CLIENT_ID,
+        AZURE_TENANT_ID,
+        AWS_ROLE_ARN,
+        GCP_AUDIENCE,
+        GCP_SERVICE_ACCOUNT,
+        GCP_WORKLOAD_IDENTITY_AUDIENCE,
+        OBJECTS,
+    ];
+    /// Parameters of SecretProviderClasses written for the Go provider that nothing reads.
+    pub const IGNORED: &[&str] = &["vaultKubernetesMountPath"];
 }
 
 /// The driver's default `permission` ("420" = 0644) when a request carries none.
@@ -65,6 +87,31 @@ pub struct MountConfig {
     /// The request's `secretSync*` attributes as sent; [`crate::sync`] checks them against the
     /// SecretProviderClass object and never takes a mapping from them.
     pub sync_attributes: BTreeMap<String, String>,
+}
+
+impl MountConfig {
+    /// The SecretProviderClass as messages and audit events name it: `ns/name`, or by the pod
+    /// that mounts it when the request does not say (drivers up to v1.5 send no
+    /// `secretProviderClass` on rotation calls).
+    pub fn spc_label(&self) -> String {
+        match (&self.spc_name, self.pod_label()) {
+            (Some(name), _) => self.qualify(name),
+            (None, Some(pod)) => format!("the SecretProviderClass of pod {pod}"),
+            (None, None) => "a SecretProviderClass the driver did not name".to_owned(),
+        }
+    }
+
+    /// The pod as `ns/name`, when the driver named it.
+    pub fn pod_label(&self) -> Option<String> {
+        (!self.pod.name.is_empty()).then(|| self.qualify(&self.pod.name))
+    }
+
+    fn qualify(&self, name: &str) -> String {
+        match self.pod.namespace.as_str() {
+            "" => name.to_owned(),
+            ns => format!("{ns}/{name}"),
+        }
+    }
 }
 
 /// How the pod authenticates to Akeyless, as the SPC (and its nodePublishSecretRef) says.
@@ -152,6 +199,39 @@ impl AccessType {
 
     pub fn names() -> String {
         Self::ALL.map(|(n, _)| n).join(", ")
+    }
+
+    /// The parameters only some access types read, and which: what [`crate::auth`] reads for
+    /// this type. The others ignore them.
+    pub fn own_parameters(self) -> &'static [&'static str] {
+        match self {
+            Self::AccessKey => &[keys::ACCESS_KEY],
+            Self::UniversalIdentity => &[keys::UID_TOKEN],
+            Self::K8s => &[keys::K8S_AUTH_CONFIG_NAME, keys::TOKEN_AUDIENCE],
+            Self::Jwt | Self::Oidc => &[keys::TOKEN_AUDIENCE],
+            Self::AzureAd => &[
+                keys::AZURE_CLIENT_ID,
+                keys::AZURE_TENANT_ID,
+                keys::AZURE_OBJECT_ID,
+                keys::TOKEN_AUDIENCE,
+            ],
+            Self::AwsIam => &[keys::AWS_ROLE_ARN, keys::TOKEN_AUDIENCE],
+            Self::Gcp => &[
+                keys::GCP_AUDIENCE,
+                keys::GCP_SERVICE_ACCOUNT,
+                keys::GCP_WORKLOAD_IDENTITY_AUDIENCE,
+                keys::TOKEN_AUDIENCE,
+            ],
+        }
+    }
+
+    /// The access types that read `parameter`, when only some do.
+    pub fn reading(parameter: &str) -> Vec<AccessType> {
+        Self::ALL
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| t.own_parameters().contains(&parameter))
+            .collect()
     }
 }
 

@@ -447,19 +447,32 @@ pub(super) fn parse_objects_cached(
 }
 
 fn parse_objects(text: &str, default_mode: u32, problems: &mut Vec<String>) -> Vec<ObjectSpec> {
-    let raw: Vec<RawObject> = match serde_norway::from_str::<Vec<RawObject>>(text) {
-        Ok(list) => list,
+    // Entry by entry, so that a typo in one entry does not hide the problems of the others.
+    let raw: Vec<Option<RawObject>> = match serde_norway::from_str::<Vec<serde_norway::Value>>(text)
+    {
+        Ok(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let label = entry_label(i, &entry);
+                serde_norway::from_value::<RawObject>(entry)
+                    .map_err(|e| problems.push(format!("{label}: {e}")))
+                    .ok()
+            })
+            .collect(),
         Err(list_err) => match serde_norway::from_str::<ArrayForm>(text) {
-            Ok(form) => {
-                let mut list = Vec::new();
-                for (i, entry) in form.array.iter().enumerate() {
-                    match serde_norway::from_str::<RawObject>(entry) {
-                        Ok(obj) => list.push(obj),
-                        Err(e) => problems.push(format!("objects: array[{i}]: {}", yaml_error(&e))),
-                    }
-                }
-                list
-            }
+            Ok(form) => form
+                .array
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    serde_norway::from_str::<RawObject>(entry)
+                        .map_err(|e| {
+                            problems.push(format!("objects: array[{i}]: {}", yaml_error(&e)))
+                        })
+                        .ok()
+                })
+                .collect(),
             Err(_) => {
                 problems.push(format!(
                     "objects: not a YAML list of {{secretPath, fileName}}: {}",
@@ -475,6 +488,7 @@ fn parse_objects(text: &str, default_mode: u32, problems: &mut Vec<String>) -> V
 
     let mut objects = Vec::with_capacity(raw.len());
     for (i, obj) in raw.into_iter().enumerate() {
+        let Some(obj) = obj else { continue };
         if let Some(spec) = validate_object(i, obj, default_mode, problems) {
             objects.push(spec);
         }
@@ -581,13 +595,8 @@ fn validate_object(
         .map(str::trim)
         .unwrap_or_default();
     let folder_path = obj.path.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    let shown = folder_path.unwrap_or(raw_path);
     let mut check = Checker {
-        label: if shown.is_empty() {
-            format!("objects[{i}]")
-        } else {
-            format!("objects[{i}] ({shown})")
-        },
+        label: label(i, folder_path.unwrap_or(raw_path)),
         problems,
     };
 
@@ -952,6 +961,25 @@ fn validate_object(
         optional,
         shape,
     })
+}
+
+/// How problems name an entry: `objects[2] (/path)`.
+fn label(i: usize, shown: &str) -> String {
+    if shown.is_empty() {
+        format!("objects[{i}]")
+    } else {
+        format!("objects[{i}] ({shown})")
+    }
+}
+
+/// [`label`] of an entry that did not parse, by its `path` or `secretPath` if it has one.
+fn entry_label(i: usize, entry: &serde_norway::Value) -> String {
+    let text = |key: &str| entry.get(key).and_then(serde_norway::Value::as_str);
+    let shown = text("path")
+        .filter(|p| !p.trim().is_empty())
+        .or_else(|| text("secretPath"))
+        .unwrap_or_default();
+    label(i, shown.trim())
 }
 
 fn names(raw: Option<Names>) -> Vec<String> {

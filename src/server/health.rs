@@ -16,7 +16,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::proto::v1alpha1::VersionRequest;
 use crate::telemetry::metrics::Metrics;
 
 /// How long the readiness probe's own `Version` call may take.
@@ -49,25 +48,10 @@ impl Health {
         if !self.serving.load(Ordering::SeqCst) {
             return Err("not serving (starting or shutting down)".to_owned());
         }
-        let probe = async {
-            let mut client = crate::mount_cli::connect(&self.socket)
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .version(VersionRequest {
-                    version: crate::service::API_VERSION.to_owned(),
-                })
-                .await
-                .map_err(|s| format!("Version failed: {}", s.message()))?;
-            Ok::<_, String>(())
-        };
-        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "Version through {} did not answer within {PROBE_TIMEOUT:?}",
-                self.socket.display()
-            )),
-        }
+        crate::mount_cli::version(&self.socket, PROBE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use crate::akeyless::ItemRef;
 use crate::template::Template;
 
 /// What the SPC asks to mirror, and what a failed sync does to the mount.
@@ -81,6 +82,58 @@ pub struct Target {
     pub templates: BTreeMap<String, Template>,
     pub data_from: Vec<RemoteRef>,
     pub data: Vec<DataRef>,
+}
+
+impl Mapping {
+    /// The items (and pinned versions) the Secrets need, to join the mount's batched reads.
+    pub fn items(&self) -> Vec<ItemRef> {
+        let mut items = BTreeSet::new();
+        for target in self.written() {
+            for remote in target
+                .data_from
+                .iter()
+                .chain(target.data.iter().map(|d| &d.remote))
+            {
+                items.insert((remote.key.clone(), remote.version));
+            }
+        }
+        items
+            .into_iter()
+            .map(|(name, version)| ItemRef { name, version })
+            .collect()
+    }
+
+    /// Items read only for `deletionPolicy: Delete` targets: when Akeyless no longer has one,
+    /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
+    pub fn optional_items(&self) -> BTreeSet<ItemRef> {
+        let reads = |t: &Target| {
+            t.data_from
+                .iter()
+                .chain(t.data.iter().map(|d| &d.remote))
+                .map(|r| ItemRef {
+                    name: r.key.clone(),
+                    version: r.version,
+                })
+                .collect::<Vec<_>>()
+        };
+        let required: BTreeSet<ItemRef> = self
+            .written()
+            .filter(|t| t.deletion != DeletionPolicy::Delete)
+            .flat_map(reads)
+            .collect();
+        self.written()
+            .filter(|t| t.deletion == DeletionPolicy::Delete)
+            .flat_map(reads)
+            .filter(|item| !required.contains(item))
+            .collect()
+    }
+
+    /// The targets written (creationPolicy None only reads).
+    pub fn written(&self) -> impl Iterator<Item = &Target> {
+        self.targets
+            .iter()
+            .filter(|t| t.creation != CreationPolicy::None)
+    }
 }
 
 /// Invalid mapping: every problem found.
@@ -185,7 +238,7 @@ pub fn parse(
             FailurePolicy::Fail
         }
     };
-    let raw: Vec<RawEntry> = match serde_norway::from_str(text) {
+    let raw: Vec<serde_norway::Value> = match serde_norway::from_str(text) {
         Ok(list) => list,
         Err(e) => {
             let at = e
@@ -207,6 +260,20 @@ pub fn parse(
     let mut names = BTreeSet::new();
     let mut targets = Vec::new();
     for (i, entry) in raw.into_iter().enumerate() {
+        // Entry by entry, so that a typo in one entry does not hide the problems of the others.
+        let name = entry
+            .get("target")
+            .and_then(|t| t.get("name"))
+            .and_then(serde_norway::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let entry = match serde_norway::from_value::<RawEntry>(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                problems.push(format!("secretSync[{i}] ({name}): {e}"));
+                continue;
+            }
+        };
         if let Some(target) = validate(i, entry, namespace, &mut names, &mut problems) {
             targets.push(target);
         }

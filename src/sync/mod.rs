@@ -30,9 +30,7 @@ use crate::akeyless::{Deadline, ItemRef};
 use crate::params::MountConfig;
 use crate::render::Values;
 use crate::secret::SecretBytes;
-use mapping::{
-    CreationPolicy, Decoding, DeletionPolicy, FailurePolicy, Mapping, RemoteRef, Target,
-};
+use mapping::{Decoding, DeletionPolicy, FailurePolicy, Mapping, RemoteRef, Target};
 
 /// The SPC parameter holding the mapping.
 pub const SECRET_SYNC: &str = "secretSync";
@@ -223,54 +221,9 @@ async fn within<T>(deadline: Deadline, call: impl Future<Output = T>) -> Result<
 }
 
 impl Plan {
-    /// The items (and pinned versions) the Secrets need, to join the mount's batched reads.
-    pub fn items(&self) -> Vec<ItemRef> {
-        let mut items = BTreeSet::new();
-        for target in self.written() {
-            for remote in target
-                .data_from
-                .iter()
-                .chain(target.data.iter().map(|d| &d.remote))
-            {
-                items.insert((remote.key.clone(), remote.version));
-            }
-        }
-        items
-            .into_iter()
-            .map(|(name, version)| ItemRef { name, version })
-            .collect()
-    }
-
-    /// Items read only for `deletionPolicy: Delete` targets: when Akeyless no longer has one,
-    /// its keys leave those Secrets instead of failing the mount (ExternalSecret's semantics).
-    pub fn optional_items(&self) -> BTreeSet<ItemRef> {
-        let reads = |t: &Target| {
-            t.data_from
-                .iter()
-                .chain(t.data.iter().map(|d| &d.remote))
-                .map(|r| ItemRef {
-                    name: r.key.clone(),
-                    version: r.version,
-                })
-                .collect::<Vec<_>>()
-        };
-        let required: BTreeSet<ItemRef> = self
-            .written()
-            .filter(|t| t.deletion != DeletionPolicy::Delete)
-            .flat_map(reads)
-            .collect();
-        self.written()
-            .filter(|t| t.deletion == DeletionPolicy::Delete)
-            .flat_map(reads)
-            .filter(|item| !required.contains(item))
-            .collect()
-    }
-
-    fn written(&self) -> impl Iterator<Item = &Target> {
-        self.mapping
-            .targets
-            .iter()
-            .filter(|t| t.creation != CreationPolicy::None)
+    /// The mapping being applied.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// Writes every target Secret that changed. Under `secretSyncFailurePolicy: Warn` a failure
@@ -296,7 +249,7 @@ impl Plan {
     async fn apply_all(&self, values: &Values) -> Result<(), SyncError> {
         let api: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.client.clone(), &self.namespace);
-        for target in self.written() {
+        for target in self.mapping.written() {
             let data = build_data(target, values)
                 .map_err(|why| SyncError::Refused(format!("Secret {}: {why}", target.name)))?;
             let desired = write::Desired {

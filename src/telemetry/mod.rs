@@ -35,8 +35,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
         level: level.to_owned(),
         source,
     })?;
+    // Colours only for a person at a terminal, never in files or CI logs.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
     let result = match format {

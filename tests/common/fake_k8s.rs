@@ -1,5 +1,8 @@
-//! An in-process fake Kubernetes API server for secret sync, speaking real HTTP and JSON on
-//! 127.0.0.1: what the provider's kube-rs client calls, with the API server's own rules.
+//! An in-process fake Kubernetes API server, speaking real HTTP and JSON on 127.0.0.1: what the
+//! provider's kube-rs client calls, with the API server's own rules. It exists for the faults a
+//! real server cannot be made to produce on cue — a write conflict on the next update, a 403 on
+//! one verb, a TokenRequest refused — and for counting calls; Kubernetes' own behaviour is tested
+//! against the real control plane (`control_plane`).
 //!
 //! Covered: `GET` of a namespaced `secrets-store.csi.x-k8s.io/v1` SecretProviderClass; `LIST`
 //! (paged by `limit`/`continue`) of SecretProviderClassPodStatus objects; Secrets
@@ -8,6 +11,10 @@
 //! recorded in `managedFields`; `uid`, `resourceVersion` and `ownerReferences` kept as the API
 //! server keeps them; the type validation of `kubernetes.io/basic-auth`, `kubernetes.io/tls`
 //! and `kubernetes.io/dockerconfigjson`; 403 with the API server's message for denied verbs.
+//! ServiceAccounts: `POST .../serviceaccounts/{sa}/token` (TokenRequest, for `--token-request`:
+//! checked as the real API server would, a token bound to a pod, answered with the `pod_token`
+//! the tests compute; the ServiceAccount `forbidden` is refused with 403) and `GET
+//! .../serviceaccounts/{sa}` (for workload-identity annotations).
 //! Not covered: PATCH / server-side apply, watches, other lists, garbage collection, admission.
 #![allow(dead_code)]
 
@@ -19,10 +26,12 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
+
+use super::cloud::pod_token;
 
 /// One write the fake accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +40,18 @@ pub struct Write {
     pub namespace: String,
     pub name: String,
     pub field_manager: Option<String>,
+}
+
+/// One TokenRequest the fake answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub audience: String,
+    /// The token handed out (the same `pod_token` the tests compute).
+    pub token: String,
 }
 
 #[derive(Default)]
@@ -48,6 +69,10 @@ struct Inner {
     /// PUTs still to be answered as if another writer had just changed the Secret.
     conflicts: usize,
     conflicts_served: usize,
+    issued: Vec<Issued>,
+    service_account_gets: u64,
+    /// (namespace, service account) → annotations.
+    annotations: BTreeMap<(String, String), BTreeMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -80,6 +105,14 @@ impl FakeK8s {
             .route(
                 "/api/v1/namespaces/{ns}/secrets/{name}",
                 get(get_secret).put(replace_secret),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
+                post(token_request),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/serviceaccounts/{sa}",
+                get(service_account),
             )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,19 +178,8 @@ impl FakeK8s {
 
     /// The Secret's data, decoded.
     pub fn data(&self, namespace: &str, name: &str) -> BTreeMap<String, String> {
-        let Some(secret) = self.secret(namespace, name) else {
-            return BTreeMap::new();
-        };
-        secret["data"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        let bytes = STANDARD.decode(v.as_str().unwrap_or_default()).unwrap();
-                        (k.clone(), String::from_utf8(bytes).unwrap())
-                    })
-                    .collect()
-            })
+        self.secret(namespace, name)
+            .map(|secret| decoded_data(&secret))
             .unwrap_or_default()
     }
 
@@ -225,9 +247,42 @@ impl FakeK8s {
         self.lock().conflicts_served
     }
 
+    /// Annotates a ServiceAccount (e.g. with a workload-identity client id).
+    pub fn annotate(&self, namespace: &str, service_account: &str, key: &str, value: &str) {
+        self.lock()
+            .annotations
+            .entry((namespace.to_owned(), service_account.to_owned()))
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The TokenRequests answered so far.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.lock().issued.clone()
+    }
+
+    pub fn service_account_gets(&self) -> u64 {
+        self.lock().service_account_gets
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A Secret's `data` (as JSON, base64 values), decoded to text.
+pub fn decoded_data(secret: &Value) -> BTreeMap<String, String> {
+    secret["data"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let bytes = STANDARD.decode(v.as_str().unwrap_or_default()).unwrap();
+                    (k.clone(), String::from_utf8(bytes).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn lock(inner: &Arc<Mutex<Inner>>) -> std::sync::MutexGuard<'_, Inner> {
@@ -532,8 +587,82 @@ async fn replace_secret(
     axum::Json(secret).into_response()
 }
 
-fn field_manager(query: Option<&str>) -> Option<String> {
+/// The `fieldManager` parameter of a request's query string.
+pub fn field_manager(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "fieldManager")
         .map(|(_, v)| v.into_owned())
+}
+
+async fn token_request(
+    State(inner): Shared,
+    Path((ns, sa)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if sa == "forbidden" {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "serviceaccounts \"{sa}\" is forbidden: User \"system:serviceaccount:kube-system:akeyless-csi-provider\" cannot create resource \"serviceaccounts/token\" in the namespace \"{ns}\""
+            ),
+        );
+    }
+    let spec = &body["spec"];
+    let bound = &spec["boundObjectRef"];
+    let audiences: Vec<&str> = spec["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if body["kind"] != "TokenRequest"
+        || audiences.len() != 1
+        || bound["kind"] != "Pod"
+        || bound["apiVersion"] != "v1"
+        || !bound["name"].is_string()
+        || !bound["uid"].is_string()
+        || spec["expirationSeconds"].as_i64().is_none_or(|s| s < 600)
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "invalid TokenRequest",
+        );
+    }
+    let pod = bound["name"].as_str().unwrap_or_default().to_owned();
+    let token = pod_token(&ns, &sa, &pod, audiences[0]);
+    lock(&inner).issued.push(Issued {
+        namespace: ns.clone(),
+        service_account: sa.clone(),
+        pod,
+        pod_uid: bound["uid"].as_str().unwrap_or_default().to_owned(),
+        audience: audiences[0].to_owned(),
+        token: token.clone(),
+    });
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": sa, "namespace": ns},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"},
+        })),
+    )
+        .into_response()
+}
+
+async fn service_account(State(inner): Shared, Path((ns, sa)): Path<(String, String)>) -> Response {
+    let mut inner = lock(&inner);
+    inner.service_account_gets += 1;
+    let annotations = inner
+        .annotations
+        .get(&(ns.clone(), sa.clone()))
+        .cloned()
+        .unwrap_or_default();
+    axum::Json(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": sa, "namespace": ns, "uid": "sa-uid", "annotations": annotations},
+    }))
+    .into_response()
 }

@@ -63,6 +63,8 @@ pub struct Harness {
     log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Extra environment of the provider process (e.g. `KUBECONFIG`).
+    envs: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -72,6 +74,11 @@ impl Harness {
     }
 
     pub async fn start_with(seed: Seed, extra_args: &[&str]) -> Self {
+        Self::start_with_env(seed, extra_args, &[]).await
+    }
+
+    /// As [`Harness::start_with`], with these environment variables set for the provider.
+    pub async fn start_with_env(seed: Seed, extra_args: &[&str], envs: &[(&str, &str)]) -> Self {
         let akeyless = emulator::start(([127, 0, 0, 1], 0).into(), seed)
             .await
             .expect("emulator starts");
@@ -87,6 +94,10 @@ impl Harness {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         harness.spawn_provider().await;
         harness
@@ -111,6 +122,7 @@ impl Harness {
             .env("AKEYLESS_CSI_LOG_LEVEL", "trace")
             .env("AKEYLESS_CSI_LOG_FORMAT", "json")
             .env_remove("AKEYLESS_CSI_VERSION_KEY")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -241,7 +253,7 @@ impl Drop for Harness {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> std::net::SocketAddr {
+pub fn free_port() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
