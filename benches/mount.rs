@@ -68,7 +68,8 @@ fn main() {
     }
 }
 
-/// Iteration counts, from `MOUNT_BENCH_*` variables.
+/// Iteration counts, from `MOUNT_BENCH_*` variables. `MOUNT_BENCH_ONLY=idle` measures only
+/// start-to-ready and the idle RSS, and stops.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Settings {
     /// `MOUNT_BENCH_RTT_MS` (20): the injected round-trip time of the latency and storm runs.
@@ -769,6 +770,21 @@ async fn run() -> Result<(), String> {
     // The largest of the starts; the split is that start's.
     let (idle_after_start, idle_anon, idle_file) =
         idle_rss.iter().copied().max().unwrap_or_default();
+    if std::env::var("MOUNT_BENCH_ONLY").as_deref() == Ok("idle") {
+        // The cheap way to measure just the idle RSS (and start to ready), e.g. per build option.
+        println!(
+            "idle RSS after start: {:.1} MiB (anonymous {:.1}, file {:.1}) — the largest of {} starts; ready median {ready_median:.1} ms",
+            idle_after_start as f64 / 1024.0,
+            idle_anon as f64 / 1024.0,
+            idle_file as f64 / 1024.0,
+            settings.starts,
+        );
+        for (rss, anon, file) in &idle_rss {
+            println!("  start: VmRSS {rss} KiB, RssAnon {anon} KiB, RssFile {file} KiB");
+        }
+        provider.stop().await;
+        return Ok(());
+    }
     let client = mount_cli::connect(&provider.socket)
         .await
         .map_err(|e| e.to_string())?;

@@ -1,8 +1,11 @@
 //! The Akeyless API client: JSON over POST to SaaS (`https://api.akeyless.io`) or a Gateway.
 //!
-//! Every call has a timeout and respects the mount's [`Deadline`]; 5xx, 429 and transport
-//! failures are retried with jittered exponential backoff; 401 and 404 are classified for the
-//! caller (who may log in again) and never retried here. Error texts from the server are
+//! Every call has a timeout and respects the mount's [`Deadline`]. Reads are retried on 5xx,
+//! 429 and transport failures with jittered exponential backoff. Issuing calls (dynamic
+//! secrets, PKI and SSH certificates) create something on every call, so they are retried only
+//! when Akeyless certainly did not act: the connection was never made, or it answered 429 or
+//! 503. 401 and 404 are classified for the caller (who may log in again) and never retried
+//! here. Error texts from the server are
 //! shortened, stripped of control characters and scrubbed of the credentials we sent, because
 //! they end up in pod events.
 
@@ -76,6 +79,21 @@ impl Default for ClientOptions {
             max_queued_calls: 1024,
         }
     }
+}
+
+/// How long Akeyless may wait for a dynamic secret's producer (`timeout` of
+/// `/get-dynamic-secret-value`, seconds; the server's default is 15): the call's budget covers
+/// this wait on top of `--call-timeout`, so a slow producer is not abandoned mid-issue.
+pub const PRODUCER_WAIT: Duration = Duration::from_secs(15);
+
+/// What a call does in Akeyless, which decides when it may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// Reads and logins: sending one twice changes nothing.
+    Read,
+    /// Creates something (a lease, a certificate) each time; `wait` is what the server may
+    /// spend on it beyond an ordinary call.
+    Issue { wait: Duration },
 }
 
 /// Why an Akeyless call failed, classified by what the caller should do about it.
@@ -169,6 +187,20 @@ pub struct AuthResponse {
     pub token: SecretString,
     #[serde(default)]
     pub expiration: Option<String>,
+}
+
+/// What `/validate-token` says of a token (`ValidateTokenOutput`; `ttl`'s unit is not
+/// documented, so it is not read).
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenValidity {
+    #[serde(default)]
+    pub is_valid: Option<bool>,
+    /// Go's `time.Time.String()` or RFC 3339.
+    #[serde(default)]
+    pub expiration: Option<String>,
+    /// When the token was last rotated (Universal Identity), same formats.
+    #[serde(default)]
+    pub last_rotate: Option<String>,
 }
 
 /// One value to read: an item at its latest or a pinned version.
@@ -272,14 +304,16 @@ fn json_fields<const N: usize>(
 /// cache policy, under the same node-wide bound and metrics.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    /// Built on the first call: building it sets up TLS (rustls, aws-lc, the root
+    /// certificates), code and data an idle provider need not touch (README, Performance).
+    http: Arc<std::sync::OnceLock<Result<reqwest::Client, String>>>,
     options: ClientOptions,
     limiter: Arc<Limiter>,
     metrics: Arc<Metrics>,
     /// Reads ask the Gateway to bypass its cache (a store's `ignoreCache`).
     ignore_cache: bool,
-    /// Fingerprint of the trust roots that replace the system's; `None`: the system's.
-    roots: Option<String>,
+    /// The trust roots that replace the system's; `None`: the system's.
+    roots: Option<TrustRoots>,
 }
 
 /// CA certificates that replace the system's trust roots for one store's calls (a Gateway
@@ -333,19 +367,30 @@ struct Limiter {
 }
 
 impl Client {
-    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
-        let http = http_client(&options, None)?;
+    pub fn new(options: ClientOptions, metrics: Arc<Metrics>) -> Self {
         let limiter = Arc::new(Limiter {
             permits: Semaphore::new(options.max_concurrent_calls.max(1)),
             queued: AtomicUsize::new(0),
         });
-        Ok(Self {
-            http,
+        Self {
+            http: Arc::default(),
             options,
             limiter,
             metrics,
             ignore_cache: false,
             roots: None,
+        }
+    }
+
+    /// The HTTP client, built on first use (with this client's trust roots, if any).
+    fn http(&self, command: &str) -> Result<&reqwest::Client, ApiError> {
+        let built = self.http.get_or_init(|| {
+            http_client(&self.options, self.roots.as_ref()).map_err(|e| e.to_string())
+        });
+        built.as_ref().map_err(|reason| ApiError::Unavailable {
+            command: command.to_owned(),
+            attempts: 0,
+            reason: format!("cannot build the HTTP client: {reason}"),
         })
     }
 
@@ -358,10 +403,13 @@ impl Client {
         roots: Option<&TrustRoots>,
         ignore_cache: bool,
     ) -> Result<Self, reqwest::Error> {
+        // Checked now, so that a bad bundle is the store's error, not a failed call's.
+        for der in roots.iter().flat_map(|r| &r.der) {
+            reqwest::Certificate::from_der(der)?;
+        }
         let http = match roots {
-            Some(roots) => http_client(&self.options, Some(roots))?,
             None if self.roots.is_none() => self.http.clone(),
-            None => http_client(&self.options, None)?,
+            _ => Arc::default(),
         };
         Ok(Self {
             http,
@@ -369,7 +417,7 @@ impl Client {
             limiter: self.limiter.clone(),
             metrics: self.metrics.clone(),
             ignore_cache,
-            roots: roots.map(|r| r.fingerprint().to_owned()),
+            roots: roots.cloned(),
         })
     }
 
@@ -379,7 +427,7 @@ impl Client {
         let mut profile = String::new();
         if let Some(roots) = &self.roots {
             profile.push_str("roots=");
-            profile.push_str(roots);
+            profile.push_str(roots.fingerprint());
         }
         if self.ignore_cache {
             profile.push_str(";ignore-cache");
@@ -475,7 +523,28 @@ impl Client {
             gcp_audience: request.gcp_audience.as_deref(),
         };
         let scrub = request.secrets();
-        self.call(base, "auth", &body, &scrub, deadline).await
+        self.call(base, "auth", &body, &scrub, CallKind::Read, deadline)
+            .await
+    }
+
+    /// `POST /validate-token`: a token's validity and expiry.
+    pub async fn validate_token(
+        &self,
+        base: &Url,
+        token: &SecretString,
+        deadline: Deadline,
+    ) -> Result<TokenValidity, ApiError> {
+        let body = json_fields([("token", token.expose().into())]);
+        let scrub = [token.expose()];
+        self.call(
+            base,
+            "validate-token",
+            &body,
+            &scrub,
+            CallKind::Read,
+            deadline,
+        )
+        .await
     }
 
     /// `POST /get-secret-value`: reads many static secrets at one version in one call.
@@ -515,8 +584,9 @@ impl Client {
             },
         };
         let command = "get-secret-value";
+        let scrub = [token.secret().expose()];
         let values = self
-            .call(base, command, &body, &[token.secret().expose()], deadline)
+            .call(base, command, &body, &scrub, CallKind::Read, deadline)
             .await?;
         secret_values(values, names)
     }
@@ -530,6 +600,7 @@ impl Client {
         command: &str,
         token: &ApiToken,
         mut fields: serde_json::Map<String, serde_json::Value>,
+        kind: CallKind,
         deadline: Deadline,
     ) -> Result<serde_json::Value, ApiError> {
         let (field, secret) = match token {
@@ -537,7 +608,7 @@ impl Client {
             ApiToken::UidToken(t) => ("uid-token", t),
         };
         fields.insert(field.to_owned(), secret.expose().into());
-        self.call(base, command, &fields, &[secret.expose()], deadline)
+        self.call(base, command, &fields, &[secret.expose()], kind, deadline)
             .await
     }
 
@@ -551,7 +622,14 @@ impl Client {
     ) -> Result<String, ApiError> {
         let fields = json_fields([("name", name.into())]);
         let item = self
-            .data_call(base, "describe-item", token, fields, deadline)
+            .data_call(
+                base,
+                "describe-item",
+                token,
+                fields,
+                CallKind::Read,
+                deadline,
+            )
             .await?;
         item.get("item_type")
             .and_then(serde_json::Value::as_str)
@@ -593,7 +671,7 @@ impl Client {
                 fields.insert("pagination-token".into(), token.as_str().into());
             }
             let answer = self
-                .data_call(base, command, token, fields, deadline)
+                .data_call(base, command, token, fields, CallKind::Read, deadline)
                 .await?;
             let invalid = |reason: &str| ApiError::InvalidResponse {
                 command: command.to_owned(),
@@ -659,7 +737,14 @@ impl Client {
         // `names` is one string here, unlike `/get-secret-value`.
         let fields = versioned_read("names", name, version, self.ignore_cache);
         let mut answer = self
-            .data_call(base, "get-rotated-secret-value", token, fields, deadline)
+            .data_call(
+                base,
+                "get-rotated-secret-value",
+                token,
+                fields,
+                CallKind::Read,
+                deadline,
+            )
             .await?;
         match answer.get_mut("value").map(serde_json::Value::take) {
             Some(value @ serde_json::Value::Object(_)) => Ok(SecretJson(value)),
@@ -681,7 +766,14 @@ impl Client {
     ) -> Result<SecretJson, ApiError> {
         let fields = versioned_read("name", name, version, self.ignore_cache);
         let answer = self
-            .data_call(base, "get-certificate-value", token, fields, deadline)
+            .data_call(
+                base,
+                "get-certificate-value",
+                token,
+                fields,
+                CallKind::Read,
+                deadline,
+            )
             .await?;
         if answer
             .get("certificate_pem")
@@ -706,9 +798,21 @@ impl Client {
         deadline: Deadline,
     ) -> Result<SecretJson, ApiError> {
         let command = "get-dynamic-secret-value";
-        let fields = json_fields([("name", name.into())]);
+        // The producer's wait, in whole seconds, within what is left of the issue's deadline.
+        let left = deadline
+            .remaining()
+            .saturating_sub(self.options.call_timeout);
+        let wait = Duration::from_secs(PRODUCER_WAIT.min(left).as_secs().max(1));
+        let fields = json_fields([("name", name.into()), ("timeout", wait.as_secs().into())]);
         let answer = self
-            .data_call(base, command, token, fields, deadline)
+            .data_call(
+                base,
+                command,
+                token,
+                fields,
+                CallKind::Issue { wait },
+                deadline,
+            )
             .await?;
         let invalid = |reason: &str| ApiError::InvalidResponse {
             command: command.to_owned(),
@@ -770,8 +874,11 @@ impl Client {
             // A string of seconds in the v4 API.
             fields.insert("ttl".into(), ttl.as_secs().to_string().into());
         }
+        let issue = CallKind::Issue {
+            wait: Duration::ZERO,
+        };
         let answer = self
-            .data_call(base, command, token, fields, deadline)
+            .data_call(base, command, token, fields, issue, deadline)
             .await?;
         let text = |field: &str| {
             answer
@@ -807,8 +914,11 @@ impl Client {
         if let Some(ttl) = request.ttl {
             fields.insert("ttl".into(), ttl.as_secs().into());
         }
+        let issue = CallKind::Issue {
+            wait: Duration::ZERO,
+        };
         let answer = self
-            .data_call(base, command, token, fields, deadline)
+            .data_call(base, command, token, fields, issue, deadline)
             .await?;
         answer
             .get("data")
@@ -821,23 +931,32 @@ impl Client {
             })
     }
 
-    /// One API command with retries for transient failures.
+    /// One API command with retries for transient failures: any of them for reads, only those
+    /// where Akeyless certainly did not act for issuing calls.
     async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         base: &Url,
         command: &str,
         body: &B,
         scrub: &[&str],
+        kind: CallKind,
         deadline: Deadline,
     ) -> Result<R, ApiError> {
         let url = command_url(base, command);
         if command == "auth" {
             self.metrics.logins.inc();
         }
+        let extra = match kind {
+            CallKind::Read => Duration::ZERO,
+            CallKind::Issue { wait } => wait,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.call_once(&url, command, body, scrub, deadline).await {
+            let failure = match self
+                .call_once(&url, command, body, scrub, extra, deadline)
+                .await
+            {
                 Ok(bytes) => {
                     return serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidResponse {
                         command: command.to_owned(),
@@ -848,9 +967,21 @@ impl Client {
                 Err(Attempt::Retryable {
                     reason,
                     retry_after,
-                }) => (reason, retry_after),
+                    unsent,
+                }) => (reason, retry_after, unsent),
             };
-            let (reason, retry_after) = failure;
+            let (reason, retry_after, unsent) = failure;
+            if kind != CallKind::Read && !unsent {
+                // It may have issued: a second call could issue again, and nobody would
+                // revoke the first. The driver's next poll issues afresh.
+                return Err(ApiError::Unavailable {
+                    command: command.to_owned(),
+                    attempts: attempt,
+                    reason: format!(
+                        "{reason} (not sent again: Akeyless may have issued it already; the next mount issues afresh)"
+                    ),
+                });
+            }
             if attempt >= self.options.max_attempts.max(1) {
                 return Err(ApiError::Unavailable {
                     command: command.to_owned(),
@@ -882,12 +1013,14 @@ impl Client {
         Duration::from_millis(rand::rng().random_range(0..=millis.max(1)))
     }
 
+    /// One attempt; `extra` is added to the call timeout (a server-side wait the call asked for).
     async fn call_once<B: Serialize>(
         &self,
         url: &str,
         command: &str,
         body: &B,
         scrub: &[&str],
+        extra: Duration,
         deadline: Deadline,
     ) -> Result<Vec<u8>, Attempt> {
         if deadline.is_past() {
@@ -897,7 +1030,7 @@ impl Client {
         }
         let _slot = self.slot(command, deadline).await.map_err(Attempt::Final)?;
         let _inflight = GaugeGuard::new(&self.metrics.inflight_backend_calls);
-        let budget = self.options.call_timeout.min(deadline.remaining());
+        let budget = (self.options.call_timeout + extra).min(deadline.remaining());
         if budget.is_zero() {
             return Err(Attempt::Final(ApiError::DeadlineExceeded {
                 command: command.to_owned(),
@@ -908,9 +1041,9 @@ impl Client {
             self.metrics
                 .backend_call(command, status, started.elapsed());
         };
+        let http = self.http(command).map_err(Attempt::Final)?;
         let exchange = async {
-            let response = self
-                .http
+            let response = http
                 .post(url)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .json(body)
@@ -919,6 +1052,8 @@ impl Client {
                 .map_err(|e| Attempt::Retryable {
                     reason: transport_reason(&e),
                     retry_after: None,
+                    // Only a connection never made is certain not to have reached Akeyless.
+                    unsent: e.is_connect(),
                 })?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
@@ -942,6 +1077,7 @@ impl Client {
                 return Err(Attempt::Retryable {
                     reason: format!("no answer within {}ms", budget.as_millis()),
                     retry_after: None,
+                    unsent: false,
                 });
             }
         };
@@ -957,6 +1093,8 @@ impl Client {
             429 | 500..=599 => Attempt::Retryable {
                 reason: format!("HTTP {}: {message}", status.as_u16()),
                 retry_after,
+                // Rate limited or unavailable: refused before any work.
+                unsent: matches!(status.as_u16(), 429 | 503),
             },
             status => Attempt::Final(ApiError::Rejected {
                 command,
@@ -1009,19 +1147,17 @@ pub fn decode_json<R: DeserializeOwned>(command: &str, body: &[u8]) -> Result<R,
 }
 
 /// Picks each requested name out of a `/get-secret-value` answer; a value that is not a JSON
-/// string is kept as its JSON text.
+/// string is kept as its JSON text. A name the answer leaves out is left out: the caller
+/// decides what a missing item means.
 pub fn secret_values(
     mut values: serde_json::Map<String, serde_json::Value>,
     names: &[String],
 ) -> Result<BTreeMap<String, SecretBytes>, ApiError> {
     let mut out = BTreeMap::new();
     for name in names {
-        let value = values
-            .remove(name)
-            .ok_or_else(|| ApiError::InvalidResponse {
-                command: "get-secret-value".to_owned(),
-                reason: format!("the response has no value for {name}"),
-            })?;
+        let Some(value) = values.remove(name) else {
+            continue;
+        };
         let bytes = match value {
             serde_json::Value::String(s) => s.into_bytes(),
             other => other.to_string().into_bytes(),
@@ -1037,6 +1173,8 @@ enum Attempt {
     Retryable {
         reason: String,
         retry_after: Option<Duration>,
+        /// Akeyless certainly did not act on the request (no connection, 429, 503).
+        unsent: bool,
     },
 }
 
@@ -1083,6 +1221,7 @@ async fn read_body(
                 return Err(Attempt::Retryable {
                     reason: format!("the response broke off ({})", transport_reason(&e)),
                     retry_after: None,
+                    unsent: false,
                 });
             }
         }
@@ -1195,7 +1334,7 @@ mod tests {
 
     #[test]
     fn store_variants_share_the_bound_and_differ_by_profile() {
-        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new());
         assert_eq!(client.profile(), "");
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1233,9 +1372,39 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_its_cap() {
-        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new());
         for attempt in 1..20 {
             assert!(client.backoff(attempt) <= Duration::from_millis(200 * 1024));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_issue_is_retried_only_while_no_connection_was_made() {
+        // A port nobody listens on: the request never left, so sending it again is safe.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let base = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let options = ClientOptions {
+            initial_backoff: Duration::from_millis(1),
+            ..ClientOptions::default()
+        };
+        let client = Client::new(options, Metrics::new());
+        let token = ApiToken::Token("t-x".into());
+        let request = SshRequest {
+            issuer: "/ssh",
+            username: "deploy",
+            public_key: "ssh-ed25519 AAAA",
+            ttl: None,
+        };
+        let deadline = Deadline::after(Duration::from_secs(10));
+        match client
+            .get_ssh_certificate(&base, &token, &request, deadline)
+            .await
+        {
+            Err(ApiError::Unavailable { attempts, .. }) => assert_eq!(attempts, 3),
+            other => panic!("{other:?}"),
         }
     }
 

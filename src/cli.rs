@@ -129,9 +129,14 @@ pub struct ServeArgs {
     pub version_key: Option<String>,
     /// Mirror values into Kubernetes Secrets for SecretProviderClasses with `secretSync` (uses
     /// --kube-api-url, else in-cluster config). Needs RBAC: get secretproviderclasses; get,
-    /// create, update secrets.
+    /// list secretproviderclasspodstatuses; get, create, update secrets.
     #[arg(long, env = "AKEYLESS_CSI_SYNC_SECRETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub sync_secrets: bool,
+    /// With --sync-secrets: how long one read of a SecretProviderClass (and one listing of a
+    /// namespace's SecretProviderClassPodStatuses) answers for it on this node; a changed
+    /// `secretSync` takes effect within this time. 0s reads on every mount.
+    #[arg(long, env = "AKEYLESS_CSI_SPC_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub spc_cache_ttl: Duration,
     /// Identity: allow-list, node identity, provider defaults, cloud endpoints (boxed: large).
     #[command(flatten)]
     pub identity: Box<crate::auth::flags::IdentityArgs>,
@@ -142,8 +147,6 @@ pub struct ServeArgs {
 pub enum StartError {
     #[error(transparent)]
     VersionKey(#[from] crate::render::VersionKeyError),
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
 }
 
 impl ServeArgs {
@@ -157,16 +160,19 @@ impl ServeArgs {
             Some(text) => render::VersionKey::from_base64(text, "AKEYLESS_CSI_VERSION_KEY")?,
             None => render::VersionKey::load_or_create(&self.version_key_path())?,
         };
-        let client = self.akeyless.client(metrics.clone())?;
+        let client = self.akeyless.client(metrics.clone());
         let authenticator = self.akeyless.authenticator(&client, &self.identity);
         Ok(service::Provider::new(
             service::ProviderOptions {
                 default_url: self.akeyless.akeyless_url.clone(),
                 mount_timeout: self.mount_timeout,
                 result_cache_ttl: self.result_cache_ttl,
-                secret_sync: self
-                    .sync_secrets
-                    .then(|| crate::sync::SecretSync::new(self.identity.kube_api_url.clone())),
+                secret_sync: self.sync_secrets.then(|| {
+                    crate::sync::SecretSync::new(
+                        self.identity.kube_api_url.clone(),
+                        self.spc_cache_ttl,
+                    )
+                }),
             },
             client,
             authenticator,
@@ -215,8 +221,8 @@ impl AkeylessArgs {
     pub fn client(
         &self,
         metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
-    ) -> Result<crate::akeyless::Client, StartError> {
-        Ok(crate::akeyless::Client::new(
+    ) -> crate::akeyless::Client {
+        crate::akeyless::Client::new(
             crate::akeyless::ClientOptions {
                 call_timeout: self.call_timeout,
                 max_attempts: self.call_attempts,
@@ -225,7 +231,7 @@ impl AkeylessArgs {
                 ..crate::akeyless::ClientOptions::default()
             },
             metrics,
-        )?)
+        )
     }
 
     /// Logins and their token cache, with the admin's identity rules.

@@ -52,7 +52,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-            let akeyless = args.akeyless.client(metrics.clone())?;
+            let akeyless = args.akeyless.client(metrics.clone());
             let auth = args.authenticator(&akeyless);
             let fetcher = fetch::Fetcher::new(
                 akeyless.clone(),

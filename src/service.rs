@@ -189,7 +189,17 @@ impl Provider {
                     self.inner.auth.invalidate(identity, &token);
                     retried = true;
                 }
-                Err(e) => return Err(MountError::from_fetch(e, identity)),
+                Err(e) => {
+                    if e.is_unauthorized()
+                        && let Some(note) = self.inner.auth.expired_note(identity, deadline).await
+                    {
+                        return Err(MountError::LoginRejected(format!(
+                            "Akeyless refused access id {}: {note}",
+                            identity.access_id
+                        )));
+                    }
+                    return Err(MountError::from_fetch(e, identity));
+                }
             }
         }
     }

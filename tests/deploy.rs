@@ -506,6 +506,11 @@ fn sync_rules() -> Vec<PolicyRule> {
             &["secretproviderclasses"],
             &["get"],
         ),
+        rule(
+            &["secrets-store.csi.x-k8s.io"],
+            &["secretproviderclasspodstatuses"],
+            &["get", "list"],
+        ),
         rule(&[""], &["secrets"], &["get", "create", "update"]),
     ]
 }

@@ -192,10 +192,22 @@ async fn real() -> Option<Real> {
 impl Real {
     /// Starts the provider as `provider`, for pods in `ns`.
     async fn start(cp: &'static ControlPlane, provider: Identity, ns: String) -> Self {
+        Self::start_with(cp, provider, ns, &[]).await
+    }
+
+    /// Starts the provider as `provider`, for pods in `ns`, with these flags besides
+    /// `--sync-secrets`.
+    async fn start_with(
+        cp: &'static ControlPlane,
+        provider: Identity,
+        ns: String,
+        flags: &[&str],
+    ) -> Self {
         let kubeconfig = provider.kubeconfig.display().to_string();
-        let h =
-            Harness::start_with_env(seed(), &["--sync-secrets"], &[("KUBECONFIG", &kubeconfig)])
-                .await;
+        let args: Vec<&str> = std::iter::once("--sync-secrets")
+            .chain(flags.iter().copied())
+            .collect();
+        let h = Harness::start_with_env(seed(), &args, &[("KUBECONFIG", &kubeconfig)]).await;
         Self {
             h,
             cp,
@@ -730,6 +742,65 @@ async fn pods_mounting_at_once_create_the_secret_once() {
 }
 
 #[tokio::test]
+async fn an_old_drivers_rotation_syncs_after_a_restart_through_the_pods_status() {
+    // A driver up to v1.5 rotates without `secretProviderClass`. After a provider restart, the
+    // driver's SecretProviderClassPodStatus of the pod volume names the SPC: read with the
+    // shipped RBAC, it must match the real Pod (its uid, as the status's owner) and target path.
+    let Some(mut k8s) = real().await else { return };
+    let pod = apply(
+        &k8s.client,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1}\nspec: {automountServiceAccountToken: false, containers: [{name: app, image: app}]}\n",
+        Some(&k8s.ns),
+    )
+    .await;
+    let pod_uid = pod[0].metadata.uid.clone().expect("a pod uid");
+    let target = format!("/var/lib/kubelet/pods/{pod_uid}/volumes/kubernetes.io~csi/secrets/mount");
+    let mapping = "- target: {name: cfg}\n  dataFrom: [{extract: {key: /prod/app-config}}]\n";
+    let (_, first) = k8s.mapping_request(mapping).await;
+    let mut attributes: BTreeMap<String, String> = serde_json::from_str(&first.attributes).unwrap();
+    attributes.insert("csi.storage.k8s.io/pod.uid".into(), pod_uid.clone());
+    let first = MountRequest {
+        attributes: serde_json::to_string(&attributes).unwrap(),
+        target_path: target.clone(),
+        ..first
+    };
+    attributes.remove("secretProviderClass");
+    attributes.remove("csi.storage.k8s.io/ephemeral");
+    let rotation = MountRequest {
+        attributes: serde_json::to_string(&attributes).unwrap(),
+        ..first.clone()
+    };
+    k8s.h.mount(first).await.expect("first mount");
+    assert_eq!(k8s.data("cfg").await["log_level"], "info");
+
+    k8s.h.stop_provider().await;
+    k8s.h.spawn_provider().await;
+    let status = json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClassPodStatus",
+        "metadata": {
+            "name": format!("web-1-{}-{SPC}", k8s.ns),
+            "labels": {"internal.secrets-store.csi.k8s.io/node-name": "node-1"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": pod_uid}],
+        },
+        "status": {
+            "podName": "web-1", "secretProviderClassName": SPC, "mounted": true,
+            "targetPath": target, "objects": [{"id": "plain", "version": "1"}],
+        },
+    });
+    apply(&k8s.client, &status.to_string(), Some(&k8s.ns)).await;
+    k8s.h
+        .akeyless
+        .put_secret("/prod/app-config", r#"{"log_level":"warn"}"#);
+    k8s.h.mount(rotation).await.expect("rotation after restart");
+    assert_eq!(
+        k8s.data("cfg").await["log_level"],
+        "warn",
+        "the Secret follows rotation"
+    );
+}
+
+#[tokio::test]
 async fn missing_rbac_names_the_permission_and_the_fix() {
     let Some(cp) = control_plane::shared().await else {
         return;
@@ -766,7 +837,15 @@ subjects: [{{kind: ServiceAccount, name: restricted, namespace: {ns}}}]
     .await;
     let spcs = ("secrets-store.csi.x-k8s.io", "secretproviderclasses");
     control_plane::wait_access(&admin, &restricted.user, "get", spcs, &ns, true).await;
-    let k8s = Real::start(cp, restricted.clone(), ns.clone()).await;
+    // SPC reads are cached (--spc-cache-ttl): read on every mount, so that the second refusal
+    // below comes from the API server rather than the cache.
+    let k8s = Real::start_with(
+        cp,
+        restricted.clone(),
+        ns.clone(),
+        &["--spc-cache-ttl", "0s"],
+    )
+    .await;
 
     let mapping = "- target: {name: cfg}\n  dataFrom: [{extract: {key: /prod/app-config}}]\n";
     let (_, request) = k8s.mapping_request(mapping).await;
@@ -963,7 +1042,9 @@ async fn sync_off_names_the_flag_and_old_rotation_calls_skip_it() {
     assert!(e.message().contains("--sync-secrets"), "{}", e.message());
     drop(h);
 
-    // With sync on, a driver up to v1.5 rotating sends no secretProviderClass: files only.
+    // With sync on, a driver up to v1.5 rotating sends no secretProviderClass; when neither
+    // the provider's memory of the pod volume nor a SecretProviderClassPodStatus names the SPC
+    // (tests/node_path.rs shows both naming it), files only.
     let url = k8s.url();
     let h = Harness::start_with(seed(), &["--sync-secrets", "--kube-api-url", &url]).await;
     let (_, mut request) = mapping_request(&k8s, mapping);
@@ -974,5 +1055,10 @@ async fn sync_off_names_the_flag_and_old_rotation_calls_skip_it() {
     let response = h.mount(request).await.expect("files are served");
     assert_eq!(response.files.len(), 1);
     assert_eq!(k8s.spc_gets(), 0);
+    assert_eq!(
+        k8s.spcps_lists(),
+        1,
+        "the pod volume's status was looked for"
+    );
     assert!(k8s.writes().is_empty());
 }

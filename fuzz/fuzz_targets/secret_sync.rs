@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use akeyless_csi_provider::secret::SecretBytes;
-use akeyless_csi_provider::sync::{mapping, template::Template};
+use akeyless_csi_provider::sync::mapping;
+use akeyless_csi_provider::template::Template;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,28 +30,30 @@ pub struct ExchangeError {
 /// A client for the exchange endpoints.
 #[derive(Debug, Clone)]
 pub(crate) struct Http {
-    client: reqwest::Client,
+    /// Built on first use: most nodes never exchange, and building it sets up TLS.
+    client: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
     call_timeout: Duration,
 }
 
 impl Http {
     pub fn new(call_timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            // The same TLS backend already built the Akeyless client; a failure here would be
-            // a broken build, and the default client reports it the same way.
-            .unwrap_or_default();
         Self {
-            client,
+            client: Default::default(),
             call_timeout,
         }
     }
 
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(concat!("akeyless-csi-provider/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                // The same TLS backend builds the Akeyless client; a failure here would be a
+                // broken build, and the default client reports it the same way.
+                .unwrap_or_default()
+        })
     }
 
     /// Sends the request `build` makes (again for the retry) and returns the body of a 2xx.

@@ -24,6 +24,7 @@ mod gcp;
 mod kube;
 mod resolve;
 pub mod settings;
+mod uid;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -505,6 +506,8 @@ struct Inner {
     kube: kube::Kube,
     options: AuthOptions,
     entries: Mutex<HashMap<IdentityKey, Entry>>,
+    /// Universal Identity tokens and when they end.
+    uid: uid::UidWatch,
 }
 
 impl Authenticator {
@@ -513,6 +516,7 @@ impl Authenticator {
         let kube = kube::Kube::new(options.settings.kube_api_url.clone());
         Self {
             inner: Arc::new(Inner {
+                uid: uid::UidWatch::new(client.clone()),
                 client,
                 http,
                 kube,
@@ -582,7 +586,9 @@ impl Authenticator {
         deadline: Deadline,
     ) -> Result<Arc<CachedToken>, AuthError> {
         if let Proof::Uid(token) = &identity.proof {
-            // The `u-` token is the data credential itself (akeyless-api.md §1.3): no login.
+            // The `u-` token is the data credential itself (akeyless-api.md §1.3): no login,
+            // and no rotation ([`uid`]): its end is watched instead.
+            self.inner.uid.used(identity);
             return Ok(Arc::new(CachedToken {
                 token: ApiToken::UidToken(token.clone()),
                 refresh_at: Instant::now() + self.inner.options.default_ttl,
@@ -620,6 +626,11 @@ impl Authenticator {
             Ok(result) => result,
             Err(_) => Err(AuthError::DeadlineExceeded),
         }
+    }
+
+    /// Why Akeyless may have refused `identity`: its Universal Identity token has expired.
+    pub async fn expired_note(&self, identity: &Identity, deadline: Deadline) -> Option<String> {
+        self.inner.uid.expired_note(identity, deadline).await
     }
 
     /// Drops `token` after Akeyless refused it, unless a newer token has replaced it already.

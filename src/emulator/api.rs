@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use super::modes::Answer;
 use super::seed::{AccessType, ItemType};
 use super::state::{AuthMethod, Item, ReadRecord, Shared, fingerprint, lock, now_ms};
 use super::values;
@@ -670,6 +671,7 @@ fn get_secret_value(shared: &Shared, request: &Value) -> Result<Value, ApiError>
         ));
     }
     let caller = caller(shared, request, PREFIX)?;
+    let modes = shared.modes();
     let mut values = Map::new();
     let mut reads = Vec::with_capacity(names.len());
     {
@@ -679,16 +681,26 @@ fn get_secret_value(shared: &Shared, request: &Value) -> Result<Value, ApiError>
             if !caller.may_read(&name) {
                 return Err(item_unauthorized(shared, &caller, PREFIX));
             }
-            let item = items
-                .map
-                .get(name.as_ref())
-                .ok_or_else(|| item_not_found(shared, &caller, PREFIX, &name))?;
+            let Some(item) = items.map.get(name.as_ref()) else {
+                match modes.missing_name {
+                    Answer::Omitted => continue,
+                    _ => return Err(item_not_found(shared, &caller, PREFIX, &name)),
+                }
+            };
             if item.item_type != ItemType::StaticSecret {
-                return Err(ApiError::invalid_body(format_args!(
-                    "item {} is not a static secret (item type {})",
-                    clip(&name),
-                    item.item_type.api_name()
-                )));
+                match modes.not_static {
+                    Answer::Omitted => continue,
+                    Answer::NotFound => {
+                        return Err(item_not_found(shared, &caller, PREFIX, &name));
+                    }
+                    Answer::Rejected => {
+                        return Err(ApiError::invalid_body(format_args!(
+                            "item {} is not a static secret (item type {})",
+                            clip(&name),
+                            item.item_type.api_name()
+                        )));
+                    }
+                }
             }
             let number = if version == 0 {
                 item.last_version()
@@ -933,7 +945,7 @@ fn list_items(shared: &Shared, request: &Value) -> Result<Value, ApiError> {
         }
         listed.push(item);
     }
-    let page_size = if paginate || offset > 0 {
+    let page_size = if paginate || offset > 0 || shared.modes().always_paginate {
         shared.list_page_size
     } else {
         usize::MAX

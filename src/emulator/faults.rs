@@ -5,7 +5,9 @@
 //! `endpoint` absent or null = every API endpoint, `times` absent or null = every request.
 //! Kinds: `{"type":"status","status":N,"retry_after_secs":S?}`, `{"type":"delay","ms":N}`,
 //! `{"type":"reset"}`, `{"type":"truncated"}`, `{"type":"malformed"}`,
-//! `{"type":"slow_body","ms_per_chunk":N}`.
+//! `{"type":"slow_body","ms_per_chunk":N}`, and, for requests that act (issue a lease or a
+//! certificate) before their answer is lost: `{"type":"reset_after"}`,
+//! `{"type":"delay_after","ms":N}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,11 @@ pub enum FaultKind {
     Malformed,
     /// Process the request, then send the real body in small chunks, waiting before each.
     SlowBody { ms_per_chunk: u64 },
+    /// Process the request (e.g. issue credentials), then close the connection without
+    /// answering: the answer is lost after the work was done.
+    ResetAfter,
+    /// Process the request, then wait this long before answering (past a client's timeout).
+    DelayAfter { ms: u64 },
 }
 
 impl Fault {
@@ -144,6 +151,9 @@ mod tests {
         assert!(fault.matches("/get-secret-value"));
         let reset: Fault = serde_json::from_str(r#"{"kind":{"type":"reset"}}"#).unwrap();
         assert_eq!(reset, Fault::new(FaultKind::Reset));
+        let after: Fault =
+            serde_json::from_str(r#"{"kind":{"type":"delay_after","ms":5}}"#).unwrap();
+        assert_eq!(after, Fault::new(FaultKind::DelayAfter { ms: 5 }));
         let text =
             serde_json::to_string(&Fault::new(FaultKind::SlowBody { ms_per_chunk: 5 })).unwrap();
         assert!(

@@ -33,6 +33,7 @@
 //! | `POST /__emulator/secrets` `{"name", "value"}` | new version of a static or rotated secret (or a fresh leaf of a certificate) |
 //! | `DELETE /__emulator/secrets` `{"name"}` | deletes an item |
 //! | `POST /__emulator/expire-tokens` | every issued token becomes expired |
+//! | `GET`/`POST /__emulator/modes` | the [`Modes`]: answers the API definition leaves open, a slow producer |
 //!
 //! The server is hyper's HTTP/1.1 on tokio; state sits behind `std` locks that are never held
 //! across an `.await`, and no input makes it panic. [`start_tls`] serves HTTPS instead, with a
@@ -42,6 +43,7 @@
 mod api;
 mod crypto;
 mod faults;
+mod modes;
 mod seed;
 mod state;
 mod values;
@@ -69,6 +71,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 pub use faults::{Fault, FaultKind};
+pub use modes::{Answer, Modes};
 pub use seed::{AccessType, ItemType, SecretFormat, Seed, SeedAuthMethod, SeedItem};
 pub use state::{LoginRecord, READS_LOG_CAPACITY, ReadRecord, Stats};
 
@@ -273,6 +276,11 @@ impl EmulatorHandle {
         self.shared.clear_faults();
     }
 
+    /// Chooses the answers the API definition leaves open, and the producer's delay.
+    pub fn set_modes(&self, modes: Modes) {
+        self.shared.set_modes(modes);
+    }
+
     /// Adds a version to `name`, as a rotation would: to a static or rotated secret (creating
     /// a static text secret if missing), or a fresh leaf to a certificate item (`value` is
     /// ignored). An unusable name (empty, trailing `/`) or an issuer or dynamic secret is
@@ -312,6 +320,15 @@ impl EmulatorHandle {
             Authority::Ssh(ca) => Some(ca.public_key_line()),
             _ => None,
         })
+    }
+
+    /// Creates an item as the seed would, replacing any item of that name — of any type, as
+    /// when an item is deleted and created again as another type. An invalid item is logged
+    /// and ignored.
+    pub fn put_item(&self, item: &SeedItem) {
+        if let Err(why) = self.shared.put_item(item) {
+            tracing::warn!(name = %item.name, "emulator: put_item ignored: {why}");
+        }
     }
 
     /// Removes an item; later reads of it answer 404.
@@ -479,12 +496,35 @@ async fn handle(
             );
         }
         Some(FaultKind::Delay { ms }) => tokio::time::sleep(Duration::from_millis(*ms)).await,
-        Some(FaultKind::Truncated | FaultKind::SlowBody { .. }) | None => {}
+        Some(
+            FaultKind::Truncated
+            | FaultKind::SlowBody { .. }
+            | FaultKind::ResetAfter
+            | FaultKind::DelayAfter { .. },
+        )
+        | None => {}
     }
 
-    let reply = api::dispatch(&shared, &method, &path, &body);
+    // As a real server, the work is done whether or not the client waits for the answer.
+    let work = tokio::spawn(async move {
+        if let Some(reply) = producer_wait(&shared, &path, &body).await {
+            return reply;
+        }
+        api::dispatch(&shared, &method, &path, &body)
+    });
+    let Ok(reply) = work.await else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the command failed");
+    };
     let bytes = Bytes::from(serde_json::to_vec(&reply.body).unwrap_or_default());
     match fault {
+        Some(FaultKind::ResetAfter) => {
+            reset.notify_one();
+            std::future::pending().await
+        }
+        Some(FaultKind::DelayAfter { ms }) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            response(reply.status, "application/json", Body::from(bytes))
+        }
         Some(FaultKind::Truncated) => {
             let cut = bytes.slice(..bytes.len() / 2);
             response(StatusCode::OK, "application/json", Body::from(cut))
@@ -503,6 +543,30 @@ async fn handle(
         }
         _ => response(reply.status, "application/json", Body::from(bytes)),
     }
+}
+
+/// A slow dynamic-secret producer ([`Modes::producer_delay_ms`]): waits for it, up to the
+/// request's `timeout` (seconds, default 15). `Some`: the producer did not make it in time.
+async fn producer_wait(shared: &Shared, path: &str, body: &[u8]) -> Option<api::Reply> {
+    let delay = shared.modes().producer_delay_ms;
+    if delay == 0 || path.trim_start_matches('/') != "get-dynamic-secret-value" {
+        return None;
+    }
+    let timeout_secs = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|request| request.get("timeout").and_then(Value::as_u64))
+        .unwrap_or(15);
+    let limit = timeout_secs.saturating_mul(1000);
+    tokio::time::sleep(Duration::from_millis(delay.min(limit))).await;
+    (delay > limit).then(|| {
+        api::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "failed to get dynamic secret value: the producer did not answer within {timeout_secs}s"
+            ),
+        )
+        .into_reply()
+    })
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
@@ -620,12 +684,21 @@ async fn control(shared: &Shared, request: Request<Incoming>) -> Response<Body> 
             shared.expire_tokens();
             ok()
         }
-        ("/stats" | "/reset" | "/latency" | "/faults" | "/secrets" | "/expire-tokens", _) => {
-            error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("method {method} is not allowed on {path}"),
-            )
-        }
+        ("/modes", &Method::GET) => json_response(StatusCode::OK, &json!(shared.modes())),
+        ("/modes", &Method::POST) => match parse_control::<Modes>(&body) {
+            Ok(modes) => {
+                shared.set_modes(modes);
+                ok()
+            }
+            Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
+        },
+        (
+            "/stats" | "/reset" | "/latency" | "/faults" | "/secrets" | "/expire-tokens" | "/modes",
+            _,
+        ) => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {method} is not allowed on {path}"),
+        ),
         _ => error_response(
             StatusCode::NOT_FOUND,
             &format!("unknown emulator control path {path:?}"),

@@ -73,6 +73,12 @@ pub struct SeedAuthMethod {
     /// `universal_identity`: the `u-` token this method accepts, as `uid-token` on data calls.
     #[serde(default)]
     pub uid_token: Option<SecretString>,
+    /// `universal_identity`: the token's life from its last rotation (none: it never expires).
+    #[serde(default)]
+    pub uid_token_ttl_seconds: Option<u64>,
+    /// `universal_identity`: how long ago the token was last rotated when the emulator starts.
+    #[serde(default)]
+    pub uid_token_age_seconds: u64,
     /// Items this identity may read, describe and list: exact names, prefixes ending in `/*`,
     /// or `*` for everything.
     #[serde(default)]
@@ -294,6 +300,8 @@ impl fmt::Debug for SeedAuthMethod {
             .field("bound_audience", &self.bound_audience)
             .field("gcp_audience", &self.gcp_audience)
             .field("uid_token", &self.uid_token)
+            .field("uid_token_ttl_seconds", &self.uid_token_ttl_seconds)
+            .field("uid_token_age_seconds", &self.uid_token_age_seconds)
             .field("read", &self.read)
             .finish()
     }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::crypto::{CertChain, CryptoError, Leaf, PkiCa, SshCa};
 use super::faults::{Fault, FaultKind, FaultQueue};
+use super::modes::Modes;
 use super::seed::{
     AccessType, DEFAULT_ITEM_TTL_SECONDS, DEFAULT_MAX_TTL_SECONDS, ItemType, ReadPattern,
     SecretFormat, Seed, SeedItem, normalize_name,
@@ -380,6 +381,7 @@ pub(crate) struct Shared {
     stats: Mutex<StatsInner>,
     faults: Mutex<FaultQueue>,
     latency_ms: AtomicU64,
+    modes: Mutex<Modes>,
     /// Numbers leases and issued certificates (never reset, so ids stay unique).
     mint_sequence: AtomicU64,
 }
@@ -423,12 +425,16 @@ impl Shared {
         let mut tokens = HashMap::new();
         for method in &seed.auth_methods {
             if let Some(uid) = &method.uid_token {
+                let rotated = now.saturating_sub(method.uid_token_age_seconds.saturating_mul(1000));
+                let expires_ms = method.uid_token_ttl_seconds.map_or(u64::MAX, |ttl| {
+                    rotated.saturating_add(ttl.saturating_mul(1000))
+                });
                 tokens.insert(
                     uid.expose().to_owned(),
                     TokenInfo {
                         access_id: method.access_id.clone(),
-                        issued_ms: now,
-                        expires_ms: u64::MAX,
+                        issued_ms: rotated,
+                        expires_ms,
                     },
                 );
             }
@@ -443,6 +449,7 @@ impl Shared {
             stats: Mutex::new(StatsInner::default()),
             faults: Mutex::new(FaultQueue::default()),
             latency_ms: AtomicU64::new(0),
+            modes: Mutex::new(Modes::default()),
             mint_sequence: AtomicU64::new(1),
         })
     }
@@ -547,6 +554,14 @@ impl Shared {
 
     pub fn set_latency_ms(&self, ms: u64) {
         self.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn modes(&self) -> Modes {
+        lock(&self.modes).clone()
+    }
+
+    pub fn set_modes(&self, modes: Modes) {
+        *lock(&self.modes) = modes;
     }
 
     pub fn add_fault(&self, fault: Fault) {
@@ -655,6 +670,24 @@ impl Shared {
         }
         items.insert_new(name, ItemSpec::static_text(), vec![value.to_owned()], now)?;
         Ok(1)
+    }
+
+    /// Creates `item` as the seed would, replacing any item of that name (of any type).
+    pub fn put_item(&self, item: &SeedItem) -> Result<(), String> {
+        let seed = Seed {
+            items: vec![item.clone()],
+            ..Seed::default()
+        };
+        seed.validate(None).map_err(|e| e.to_string())?;
+        let name = normalize_name(&item.name).map_err(|why| format!("item name {why}"))?;
+        let mut items = write(&self.items);
+        items.map.remove(&name);
+        items.insert_new(
+            name,
+            ItemSpec::from_seed(item),
+            item.version_values(),
+            now_ms(),
+        )
     }
 
     /// Removes `name`; returns whether it existed.

@@ -2501,3 +2501,149 @@ async fn ssh_issuers_sign_user_certificates() {
     assert_eq!(status, 400);
     assert_eq!(emulator.leases_minted("/demo/ssh/issuer"), 3);
 }
+
+#[tokio::test]
+async fn modes_choose_the_undocumented_answers() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let read = |names: Value| {
+        post(
+            &emulator,
+            "get-secret-value",
+            json!({"names": names, "token": token}),
+        )
+    };
+    // Defaults: a missing name is 404, a non-static one 400.
+    let (status, _) = read(json!(["/demo/top", "/demo/gone"])).await;
+    assert_eq!(status, 404);
+    let (status, _) = read(json!(["/demo/top", "/demo/dyn/db"])).await;
+    assert_eq!(status, 400);
+
+    // Through the control API, as a separate process would be steered.
+    let response = client()
+        .post(format!("{}/__emulator/modes", emulator.url()))
+        .json(&json!({"missing_name": "omitted", "not_static": "not_found"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, body) = read(json!(["/demo/top", "/demo/gone"])).await;
+    assert_eq!((status, body), (200, json!({"/demo/top": "top-level"})));
+    let (status, _) = read(json!(["/demo/top", "/demo/dyn/db"])).await;
+    assert_eq!(status, 404);
+    emulator.set_modes(Modes {
+        not_static: Answer::Omitted,
+        ..Modes::default()
+    });
+    let (status, body) = read(json!(["/demo/top", "/demo/dyn/db"])).await;
+    assert_eq!((status, body), (200, json!({"/demo/top": "top-level"})));
+    let modes: Value = client()
+        .get(format!("{}/__emulator/modes", emulator.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(modes["not_static"], "omitted");
+    let response = client()
+        .post(format!("{}/__emulator/modes", emulator.url()))
+        .json(&json!({"unknown": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Pages even under auto-pagination, followed by next_page.
+    emulator.set_modes(Modes {
+        always_paginate: true,
+        ..Modes::default()
+    });
+    let mut listed = Vec::new();
+    let mut page = String::new();
+    loop {
+        let (status, body) = post(
+            &emulator,
+            "list-items",
+            json!({"path": "/demo", "auto-pagination": "enabled", "token": token, "pagination-token": page}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["items"].as_array().unwrap().len() <= 2);
+        listed.extend(names(&body).into_iter().map(str::to_owned));
+        page = body["next_page"].as_str().unwrap().to_owned();
+        if page.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed.len(), 5, "{listed:?}");
+}
+
+#[tokio::test]
+async fn after_faults_lose_the_answer_of_work_done() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    let issue = || {
+        client()
+            .post(format!("{}/get-dynamic-secret-value", emulator.url()))
+            .json(&json!({"name": "/demo/dyn/db", "token": token}))
+            .timeout(Duration::from_millis(500))
+            .send()
+    };
+    emulator.add_fault(
+        Fault::new(FaultKind::ResetAfter)
+            .on("get-dynamic-secret-value")
+            .times(1),
+    );
+    assert!(issue().await.is_err());
+    assert_eq!(
+        emulator.leases_minted("/demo/dyn/db"),
+        1,
+        "issued, answer lost"
+    );
+    emulator.add_fault(
+        Fault::new(FaultKind::DelayAfter { ms: 2_000 })
+            .on("get-dynamic-secret-value")
+            .times(1),
+    );
+    assert!(issue().await.unwrap_err().is_timeout());
+    assert_eq!(emulator.leases_minted("/demo/dyn/db"), 2);
+    assert_eq!(issue().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_slow_producer_is_waited_for_up_to_the_request_timeout() {
+    let emulator = emulator().await;
+    let token = login(&emulator, DEMO_ID, DEMO_KEY).await;
+    emulator.set_modes(Modes {
+        producer_delay_ms: 1_200,
+        ..Modes::default()
+    });
+    let issue = |timeout: u64| {
+        post(
+            &emulator,
+            "get-dynamic-secret-value",
+            json!({"name": "/demo/dyn/db", "token": token, "timeout": timeout}),
+        )
+    };
+    let (status, body) = issue(1).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(error_text(&body).contains("within 1s"), "{body}");
+    assert_eq!(emulator.leases_minted("/demo/dyn/db"), 0);
+    let (status, body) = issue(2).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(emulator.leases_minted("/demo/dyn/db"), 1);
+    // The work finishes even when the client has left.
+    let gone = client()
+        .post(format!("{}/get-dynamic-secret-value", emulator.url()))
+        .json(&json!({"name": "/demo/dyn/db", "token": token}))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gone.is_err());
+    let waited = Instant::now();
+    while emulator.leases_minted("/demo/dyn/db") < 2 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "never minted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -255,7 +255,7 @@ mod tests {
         let akeyless = emulator::start(([127, 0, 0, 1], 0).into(), seed)
             .await
             .unwrap();
-        let client = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+        let client = Client::new(ClientOptions::default(), Metrics::new());
         let base = Url::parse(&akeyless.url()).unwrap();
         let login = AuthRequest {
             access_type: "access_key".into(),

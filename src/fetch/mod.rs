@@ -244,8 +244,13 @@ pub enum FetchError {
     #[error("item {item}: {problem}")]
     Item { item: String, problem: String },
     /// A required item or folder does not exist.
-    #[error("{item} {problem}")]
-    Missing { item: String, problem: String },
+    #[error("{what} {name} {problem}")]
+    Missing {
+        /// `item` or `folder`.
+        what: &'static str,
+        name: String,
+        problem: String,
+    },
 }
 
 impl FetchError {
@@ -253,6 +258,33 @@ impl FetchError {
         Self::Api {
             source,
             items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A required item that does not exist.
+    fn missing_item(name: &str) -> Self {
+        Self::Missing {
+            what: "item",
+            name: name.to_owned(),
+            problem: "does not exist: check secretPath in objects".to_owned(),
+        }
+    }
+
+    /// Whether this failure may come from reading `name` as a type it no longer has (an item
+    /// deleted and created again as another type): Akeyless's answer to reading an item as the
+    /// wrong type is not documented (400, 404, or a 200 without it).
+    fn may_be_wrong_type(&self, name: &str) -> bool {
+        match self {
+            Self::Api {
+                source: ApiError::NotFound { .. } | ApiError::Rejected { .. },
+                items,
+            } => items.iter().any(|i| i == name),
+            Self::Missing {
+                what: "item",
+                name: missing,
+                ..
+            } => missing == name,
+            _ => false,
         }
     }
 
@@ -380,12 +412,48 @@ impl Fetcher {
     }
 
     /// Fetches everything `want` needs with `token`: all of it, or an error.
+    ///
+    /// An item read as the type remembered for it that fails as if it had another type (it
+    /// may have been deleted and created again) is not concluded on: its type is asked again
+    /// and the fetch runs once more.
     pub async fn fetch(
         &self,
         identity: &Identity,
         token: &Arc<CachedToken>,
         want: &Want<'_>,
         deadline: Deadline,
+    ) -> Result<Fetched, FetchError> {
+        let mut remembered = Vec::new();
+        let error = match self
+            .fetch_once(identity, token, want, deadline, &mut remembered)
+            .await
+        {
+            Ok(fetched) => return Ok(fetched),
+            Err(error) => error,
+        };
+        let doubtful: Vec<&String> = remembered
+            .iter()
+            .filter(|name| error.may_be_wrong_type(name))
+            .collect();
+        if doubtful.is_empty() {
+            return Err(error);
+        }
+        for name in doubtful {
+            tracing::debug!(item = %name, %error, "a read as the remembered item type failed; asking the type again");
+            self.forget_type(identity, name);
+        }
+        self.fetch_once(identity, token, want, deadline, &mut Vec::new())
+            .await
+    }
+
+    /// One fetch; `remembered` receives the items whose types came from the cache.
+    async fn fetch_once(
+        &self,
+        identity: &Identity,
+        token: &Arc<CachedToken>,
+        want: &Want<'_>,
+        deadline: Deadline,
+        remembered: &mut Vec<String>,
     ) -> Result<Fetched, FetchError> {
         let refs = references(want);
         let required = plan::required(&refs);
@@ -413,6 +481,7 @@ impl Fetcher {
                         self.inner.metrics.cache_hit(CacheKind::ItemType);
                         let kind = usable(name, kind.clone())?;
                         fetched.kinds.insert(name.to_owned(), kind);
+                        remembered.push(name.to_owned());
                     }
                     None => unknown.push(name),
                 }
@@ -432,12 +501,7 @@ impl Fetcher {
         let (types, listings) = futures::try_join!(describes, listings)?;
         for (name, kind) in undeclared.iter().zip(types) {
             match kind {
-                None if required.contains(name) => {
-                    return Err(FetchError::Missing {
-                        item: format!("item {name}"),
-                        problem: "does not exist: check secretPath in objects".to_owned(),
-                    });
-                }
+                None if required.contains(name) => return Err(FetchError::missing_item(name)),
                 None => {
                     tracing::info!(item = %name, "optional item does not exist; skipped");
                     fetched.absent.insert((*name).to_owned());
@@ -618,7 +682,8 @@ impl Fetcher {
                 .map(|f| format!(" matching filter {f:?}"))
                 .unwrap_or_default();
             return Err(FetchError::Missing {
-                item: format!("folder {}", object.secret_path),
+                what: "folder",
+                name: object.secret_path.clone(),
                 problem: format!(
                     "has no static secrets{filter} that this identity may list: check the path, or set optional: true"
                 ),
@@ -704,13 +769,24 @@ impl Fetcher {
             let mut retry = false;
             for (version, names, answer) in futures::future::join_all(calls).await {
                 match answer {
-                    Ok(answer) => match &*answer {
-                        Answer::Values(map) => values.extend(
+                    Ok(answer) => {
+                        let Answer::Values(map) = &*answer else {
+                            return Err(unexpected("get-secret-value", "a batch"));
+                        };
+                        // A name the answer leaves out does not exist (whether Akeyless
+                        // answers a batch with a missing name by 404 or by leaving it out is
+                        // not documented).
+                        for name in names.iter().filter(|n| !map.contains_key(*n)) {
+                            if !optional.contains(&(name.clone(), version)) {
+                                return Err(FetchError::missing_item(name));
+                            }
+                            gone.push((name.clone(), version));
+                        }
+                        values.extend(
                             map.iter()
                                 .map(|(name, value)| ((name.clone(), version), value.clone())),
-                        ),
-                        _ => return Err(unexpected("get-secret-value", "a batch")),
-                    },
+                        );
+                    }
                     Err(ApiError::NotFound { message, .. })
                         if let Some(missing) = names
                             .iter()

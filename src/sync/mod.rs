@@ -5,19 +5,23 @@
 //!
 //! 1. [`prepare`] reads the mapping from the SecretProviderClass object in the API server — never
 //!    from the mount's attributes, which a pod author can override — and refuses a mount whose
-//!    attributes differ from it;
+//!    attributes differ from it; the object is read at most once per `--spc-cache-ttl` per node,
+//!    and old drivers' rotation calls, which do not name it, find it through their pod volume
+//!    ([`spc`]);
 //! 2. the service fetches [`Plan::items`] in the same batched Akeyless reads as the files;
 //! 3. [`Plan::apply`] builds each Secret ([`crate::template`]) and writes it only when it changed
 //!    ([`write`]), in the pod's namespace only.
 
 pub mod mapping;
 pub mod shape;
+mod spc;
 pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::Api;
 use tokio::sync::OnceCell;
 use url::Url;
 
@@ -36,11 +40,13 @@ pub const PARAMETER_PREFIX: &str = "secretSync";
 /// The flag that enables the feature.
 pub const FLAG: &str = "--sync-secrets (AKEYLESS_CSI_SYNC_SECRETS=true)";
 
-/// The feature, enabled by the admin: the Kubernetes API client, built on first use.
+/// The feature, enabled by the admin: the Kubernetes API client, built on first use, and the
+/// node's SecretProviderClass reads.
 #[derive(Clone)]
 pub struct SecretSync {
     api_url: Option<Url>,
     client: Arc<OnceCell<kube::Client>>,
+    spcs: Arc<spc::SpcSource>,
 }
 
 impl std::fmt::Debug for SecretSync {
@@ -52,7 +58,7 @@ impl std::fmt::Debug for SecretSync {
 }
 
 /// Why a sync failed (or was refused); each variant has one gRPC code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SyncError {
     #[error(
         "the SecretProviderClass sets {SECRET_SYNC}, but mirroring into Kubernetes Secrets is off on this provider; the admin enables it with {FLAG} and grants its RBAC (README, \"Mirroring into Kubernetes Secrets\"), or remove {SECRET_SYNC}"
@@ -92,11 +98,13 @@ impl SyncError {
 }
 
 impl SecretSync {
-    /// `api_url`: `--kube-api-url`, else the in-cluster configuration.
-    pub fn new(api_url: Option<Url>) -> Self {
+    /// `api_url`: `--kube-api-url`, else the in-cluster configuration; `spc_cache_ttl`: how
+    /// long one read of a SecretProviderClass answers for it (`--spc-cache-ttl`).
+    pub fn new(api_url: Option<Url>, spc_cache_ttl: Duration) -> Self {
         Self {
             api_url,
             client: Arc::new(OnceCell::new()),
+            spcs: Arc::new(spc::SpcSource::new(spc_cache_ttl)),
         }
     }
 
@@ -121,12 +129,6 @@ impl SecretSync {
     }
 }
 
-/// The SecretProviderClass as the API server has it.
-struct SpcObject {
-    uid: String,
-    parameters: BTreeMap<String, String>,
-}
-
 /// The mapping of one mount, ready to apply.
 pub struct Plan {
     client: kube::Client,
@@ -138,10 +140,10 @@ pub struct Plan {
 
 /// Reads the mapping of this mount, if it has one. `None`: nothing to sync.
 ///
-/// Drivers up to v1.5 omit `secretProviderClass` on rotation calls: the SPC object cannot be
-/// found, so the sync is skipped (debug log) and the files are served; the next mount by a
-/// current driver, or the pod's next start, syncs again. A mapping is never taken from the
-/// attributes alone.
+/// Drivers up to v1.5 omit `secretProviderClass` on rotation calls: the SPC is the one the pod
+/// volume named before, or that the driver's SecretProviderClassPodStatus of this pod and
+/// target path names. When neither says, the sync is skipped (debug log) and the files are
+/// served. A mapping is never taken from the attributes alone.
 pub async fn prepare(
     sync: Option<&SecretSync>,
     config: &MountConfig,
@@ -154,12 +156,6 @@ pub async fn prepare(
     let Some(sync) = sync else {
         return Err(SyncError::Disabled);
     };
-    let Some(spc) = config.spc_name.as_deref() else {
-        tracing::debug!(
-            "no secretProviderClass attribute (a driver up to v1.5 rotating): secret sync skipped"
-        );
-        return Ok(None);
-    };
     let namespace = config.pod.namespace.as_str();
     if namespace.is_empty() {
         return Err(SyncError::Refused(
@@ -167,21 +163,26 @@ pub async fn prepare(
         ));
     }
     let client = sync.client().await?;
-    let object = within(deadline, get_spc(&client, namespace, spc)).await??;
-    // What the driver merged from the SPC must be exactly what the SPC says.
-    let keys: BTreeSet<&String> = attributes
-        .keys()
-        .chain(
-            object
-                .parameters
-                .keys()
-                .filter(|k| k.starts_with(PARAMETER_PREFIX)),
-        )
-        .collect();
-    for key in keys {
-        if attributes.get(key) != object.parameters.get(key) {
-            return Err(SyncError::Injected(key.clone()));
-        }
+    let Some(spc) = sync.spcs.name_of(&client, config, deadline).await? else {
+        tracing::debug!(
+            "no secretProviderClass attribute (a driver up to v1.5 rotating) and no SecretProviderClassPodStatus of this pod volume: secret sync skipped"
+        );
+        return Ok(None);
+    };
+    let spc = spc.as_str();
+    let (mut object, cached) = sync
+        .spcs
+        .get(&client, namespace, spc, false, deadline)
+        .await?;
+    if cached && injected(attributes, &object).is_some() {
+        // The SPC may have changed since it was read: compare with a fresh read before refusing.
+        (object, _) = sync
+            .spcs
+            .get(&client, namespace, spc, true, deadline)
+            .await?;
+    }
+    if let Some(key) = injected(attributes, &object) {
+        return Err(SyncError::Injected(key));
     }
     let Some(text) = object.parameters.get(SECRET_SYNC) else {
         return Ok(None);
@@ -192,52 +193,30 @@ pub async fn prepare(
         client,
         namespace: namespace.to_owned(),
         spc: spc.to_owned(),
-        spc_uid: object.uid,
+        spc_uid: object.uid.clone(),
         mapping,
     }))
+}
+
+/// The first `secretSync*` key whose value the driver sent differs from the SPC object's:
+/// what the driver merged from the SPC must be exactly what the SPC says.
+fn injected(attributes: &BTreeMap<String, String>, object: &spc::SpcObject) -> Option<String> {
+    let mut keys: BTreeSet<&String> = attributes.keys().collect();
+    keys.extend(
+        object
+            .parameters
+            .keys()
+            .filter(|k| k.starts_with(PARAMETER_PREFIX)),
+    );
+    keys.into_iter()
+        .find(|key| attributes.get(*key) != object.parameters.get(*key))
+        .cloned()
 }
 
 async fn within<T>(deadline: Deadline, call: impl Future<Output = T>) -> Result<T, SyncError> {
     tokio::time::timeout_at(deadline.instant(), call)
         .await
         .map_err(|_| SyncError::DeadlineExceeded)
-}
-
-async fn get_spc(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<SpcObject, SyncError> {
-    let gvk = GroupVersionKind::gvk("secrets-store.csi.x-k8s.io", "v1", "SecretProviderClass");
-    let resource = ApiResource::from_gvk_with_plural(&gvk, "secretproviderclasses");
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let object = match api.get_opt(name).await {
-        Ok(Some(object)) => object,
-        Ok(None) => return Err(SyncError::SpcMissing(format!("{namespace}/{name}"))),
-        Err(e) => {
-            return Err(write::api_error(
-                e,
-                "get",
-                "secretproviderclasses.secrets-store.csi.x-k8s.io",
-                namespace,
-                write::SPC_RBAC,
-            ));
-        }
-    };
-    let parameters = object
-        .data
-        .pointer("/spec/parameters")
-        .and_then(|p| p.as_object())
-        .map(|p| {
-            p.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(SpcObject {
-        uid: object.metadata.uid.unwrap_or_default(),
-        parameters,
-    })
 }
 
 impl Plan {

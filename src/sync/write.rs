@@ -537,7 +537,7 @@ fn same_data(current: &Secret, next: &Secret) -> bool {
 }
 
 /// What to grant when the API server answers 403, by who writes.
-pub const SPC_RBAC: &str = "mirroring into Kubernetes Secrets needs get on secretproviderclasses.secrets-store.csi.x-k8s.io and get, create, update on secrets: grant the RBAC in README \"Mirroring into Kubernetes Secrets\"";
+pub const SPC_RBAC: &str = "mirroring into Kubernetes Secrets needs get on secretproviderclasses.secrets-store.csi.x-k8s.io, get and list on secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io, and get, create, update on secrets: grant the RBAC in README \"Mirroring into Kubernetes Secrets\"";
 pub const CONTROLLER_RBAC: &str = "the controller needs get, list, watch, create, update, delete on secrets, and update on externalsecrets/finalizers to set an Owner Secret's owner reference: grant the RBAC of deploy/overlays/controller (README, \"Sync without a pod\")";
 
 impl Manager<'_> {

@@ -226,6 +226,8 @@ pub struct Metrics {
     pub secret_writes: Family<WriteLabels, Counter>,
     pub status_writes: Counter,
     pub leader: Gauge,
+    /// The earliest end (Unix seconds) of the Universal Identity tokens in use; 0: none known.
+    pub uid_token_expiry: Gauge,
     registry: Registry,
 }
 
@@ -256,6 +258,7 @@ impl Metrics {
         let secret_writes = Family::<WriteLabels, Counter>::default();
         let status_writes = Counter::default();
         let leader = Gauge::default();
+        let uid_token_expiry = Gauge::default();
 
         registry.register(
             "mounts",
@@ -332,6 +335,11 @@ impl Metrics {
             "1 while this controller replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "uid_token_expiry_timestamp_seconds",
+            "Earliest expiry (Unix time) of the Universal Identity tokens used in the last hour; 0 when none is known",
+            uid_token_expiry.clone(),
+        );
         Arc::new(Self {
             mounts,
             mount_duration,
@@ -348,6 +356,7 @@ impl Metrics {
             secret_writes,
             status_writes,
             leader,
+            uid_token_expiry,
             registry,
         })
     }

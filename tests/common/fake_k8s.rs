@@ -4,7 +4,8 @@
 //! one verb, a TokenRequest refused — and for counting calls; Kubernetes' own behaviour is tested
 //! against the real control plane (`control_plane`).
 //!
-//! Covered: `GET` of a namespaced `secrets-store.csi.x-k8s.io/v1` SecretProviderClass; Secrets
+//! Covered: `GET` of a namespaced `secrets-store.csi.x-k8s.io/v1` SecretProviderClass; `LIST`
+//! (paged by `limit`/`continue`) of SecretProviderClassPodStatus objects; Secrets
 //! `GET` (404 when absent), `POST` (409 AlreadyExists), `PUT` (resourceVersion required, 409 on
 //! a stale one, 422 on a type change — Secret types are immutable), with `fieldManager`
 //! recorded in `managedFields`; `uid`, `resourceVersion` and `ownerReferences` kept as the API
@@ -14,7 +15,7 @@
 //! checked as the real API server would, a token bound to a pod, answered with the `pod_token`
 //! the tests compute; the ServiceAccount `forbidden` is refused with 403) and `GET
 //! .../serviceaccounts/{sa}` (for workload-identity annotations).
-//! Not covered: PATCH / server-side apply, watches, lists, garbage collection, admission.
+//! Not covered: PATCH / server-side apply, watches, other lists, garbage collection, admission.
 //!
 //! For the `controller`, which needs all of those, [`FaultProxy`] puts the same kind of faults
 //! (conflicts, 403s, 503s, dropped watches) in front of the real control plane instead.
@@ -63,6 +64,9 @@ struct Inner {
     next_version: u64,
     writes: Vec<Write>,
     spc_gets: u64,
+    /// SecretProviderClassPodStatus objects by namespace, and the list calls made.
+    spcps: BTreeMap<String, Vec<Value>>,
+    spcps_lists: u64,
     /// (verb, resource) pairs answered with 403.
     denied: BTreeSet<(String, String)>,
     /// PUTs still to be answered as if another writer had just changed the Secret.
@@ -92,6 +96,10 @@ impl FakeK8s {
             .route(
                 "/apis/secrets-store.csi.x-k8s.io/v1/namespaces/{ns}/secretproviderclasses/{name}",
                 get(get_spc),
+            )
+            .route(
+                "/apis/secrets-store.csi.x-k8s.io/v1/namespaces/{ns}/secretproviderclasspodstatuses",
+                get(list_spcps),
             )
             .route(
                 "/api/v1/namespaces/{ns}/secrets",
@@ -188,6 +196,42 @@ impl FakeK8s {
 
     pub fn spc_gets(&self) -> u64 {
         self.lock().spc_gets
+    }
+
+    /// Stores the SecretProviderClassPodStatus the driver writes after a pod volume's first
+    /// mount: named `<pod>-<namespace>-<spc>`, owned by the Pod, labelled with the node.
+    pub fn put_spcps(
+        &self,
+        namespace: &str,
+        pod: &str,
+        pod_uid: &str,
+        target_path: &str,
+        spc: &str,
+    ) {
+        let name = format!("{pod}-{namespace}-{spc}");
+        let object = json!({
+            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+            "kind": "SecretProviderClassPodStatus",
+            "metadata": {
+                "name": name, "namespace": namespace, "uid": format!("spcps-{name}"),
+                "resourceVersion": "1",
+                "labels": {"internal.secrets-store.csi.k8s.io/node-name": "node-1"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": pod_uid}],
+            },
+            "status": {
+                "podName": pod, "secretProviderClassName": spc, "mounted": true,
+                "targetPath": target_path, "objects": [],
+            },
+        });
+        let mut inner = self.lock();
+        let list = inner.spcps.entry(namespace.to_owned()).or_default();
+        list.retain(|o| o["metadata"]["name"] != name.as_str());
+        list.push(object);
+    }
+
+    /// LIST calls of SecretProviderClassPodStatus (each page counts).
+    pub fn spcps_lists(&self) -> u64 {
+        self.lock().spcps_lists
     }
 
     /// Answers `verb` on `resource` (e.g. "create", "secrets") with 403 from now on.
@@ -311,6 +355,55 @@ async fn get_spc(State(inner): Shared, Path((ns, name)): Path<(String, String)>)
         Some(spc) => axum::Json(spc.clone()).into_response(),
         None => not_found("secretproviderclasses.secrets-store.csi.x-k8s.io", &name),
     }
+}
+
+/// A page of a namespace's SecretProviderClassPodStatus objects (`limit`, `continue` as the API
+/// server pages: the continue token is opaque to the client).
+async fn list_spcps(
+    State(inner): Shared,
+    Path(ns): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut inner = lock(&inner);
+    inner.spcps_lists += 1;
+    if let Some(r) = forbidden(
+        &inner,
+        "list",
+        "secretproviderclasspodstatuses",
+        "secrets-store.csi.x-k8s.io",
+        &ns,
+        "",
+    ) {
+        return r;
+    }
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let all = inner.spcps.get(&ns).cloned().unwrap_or_default();
+    let start: usize = query
+        .get("continue")
+        .and_then(|c| c.strip_prefix("page-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let end = start.saturating_add(limit).min(all.len());
+    let items = all.get(start.min(end)..end).unwrap_or_default().to_vec();
+    let mut metadata = json!({"resourceVersion": "1"});
+    if end < all.len() {
+        metadata["continue"] = json!(format!("page-{end}"));
+    }
+    axum::Json(json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClassPodStatusList",
+        "metadata": metadata,
+        "items": items,
+    }))
+    .into_response()
 }
 
 async fn get_secret(State(inner): Shared, Path((ns, name)): Path<(String, String)>) -> Response {

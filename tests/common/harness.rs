@@ -39,6 +39,16 @@ pub fn seed(n: usize) -> Seed {
     Seed::from_yaml(&yaml).expect("test seed parses")
 }
 
+/// A seed with one identity (ACCESS_ID, its access key) that may read `read`, top-level
+/// `settings` lines (e.g. `list_page_size: 2\n`), and the items given as the YAML list entries
+/// of `items:`.
+pub fn seed_with_items(read: &str, settings: &str, items: &str) -> Seed {
+    let yaml = format!(
+        "token_ttl_seconds: 900\n{settings}auth_methods:\n  - access_id: {ACCESS_ID}\n    access_type: access_key\n    access_key: \"{ACCESS_KEY}\"\n    read: [\"{read}\"]\nitems:\n{items}"
+    );
+    Seed::from_yaml(&yaml).expect("test seed parses")
+}
+
 /// The value of `/e2e/item-<i>`: distinctive, so the log checks can look for it.
 pub fn secret_value(i: usize) -> String {
     format!("value-{i}-SECRETMARK-{:08x}", 0x5eed_0000u32 + i as u32)

@@ -212,7 +212,7 @@ fn fixture_with(extra_allowed: &[&str], own: impl FnOnce(PathBuf) -> OwnIdentity
         node_identity: true,
         ..AuthSettings::default()
     };
-    let akeyless = Client::new(ClientOptions::default(), Metrics::new()).unwrap();
+    let akeyless = Client::new(ClientOptions::default(), Metrics::new());
     let auth = Authenticator::new(
         akeyless.clone(),
         AuthOptions {
