@@ -178,6 +178,14 @@ pub async fn run(
         "serving ESO's {} objects",
         eso::GROUP
     );
+    tracing::debug!(
+        namespace = options.namespace.as_deref().unwrap_or("(all)"),
+        skip_unclassed = options.skip_unclassed,
+        cluster_stores = options.cluster_stores,
+        concurrency = options.concurrency,
+        refresh_timeout_ms = options.refresh_timeout.as_millis() as u64,
+        "controller settings"
+    );
     let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
     let leading = match &options.leader {
         None => None,
