@@ -2520,13 +2520,13 @@ async fn modes_choose_the_undocumented_answers() {
     assert_eq!(status, 400);
 
     // Through the control API, as a separate process would be steered.
-    let response = client()
-        .post(format!("{}/__emulator/modes", emulator.url()))
-        .json(&json!({"missing_name": "omitted", "not_static": "not_found"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, _) = post(
+        &emulator,
+        "__emulator/modes",
+        json!({"missing_name": "omitted", "not_static": "not_found"}),
+    )
+    .await;
+    assert_eq!(status, 200);
     let (status, body) = read(json!(["/demo/top", "/demo/gone"])).await;
     assert_eq!((status, body), (200, json!({"/demo/top": "top-level"})));
     let (status, _) = read(json!(["/demo/top", "/demo/dyn/db"])).await;
@@ -2546,13 +2546,8 @@ async fn modes_choose_the_undocumented_answers() {
         .await
         .unwrap();
     assert_eq!(modes["not_static"], "omitted");
-    let response = client()
-        .post(format!("{}/__emulator/modes", emulator.url()))
-        .json(&json!({"unknown": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    let (status, _) = post(&emulator, "__emulator/modes", json!({"unknown": true})).await;
+    assert_eq!(status, 400);
 
     // Pages even under auto-pagination, followed by next_page.
     emulator.set_modes(Modes {
