@@ -37,7 +37,7 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use rand::Rng;
 use url::Url;
 
@@ -290,18 +290,22 @@ fn controller_config(ctx: &Ctx) -> kube::runtime::controller::Config {
         .debounce(Duration::from_millis(200))
 }
 
-/// Builds and runs a controller over a dynamic kind.
+/// Builds a controller over a dynamic kind. Its cache keeps the objects without their
+/// `managedFields`, which nothing here reads and which can be most of an object's size.
 fn controller(
     ctx: &Ctx,
     resource: &kube::api::ApiResource,
     namespaced: bool,
 ) -> Controller<DynamicObject> {
-    Controller::new_with(
-        api(ctx, resource, namespaced),
-        watcher_config(),
-        resource.clone(),
-    )
-    .with_config(controller_config(ctx))
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let objects = watcher::watcher(api(ctx, resource, namespaced), watcher_config())
+        .default_backoff()
+        .modify(|object: &mut DynamicObject| object.metadata.managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream_with(objects, reader, resource.clone())
+        .with_config(controller_config(ctx))
 }
 
 /// A poisoned lock only means another reconcile panicked; the map itself stays consistent.
