@@ -15,13 +15,17 @@
 //! all traffic stays on 127.0.0.1 and the socket. It is not a test: it asserts nothing, and
 //! `cargo test` does not run it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use common::{Akeyless, RssSampler, clock_tick, env_u64, machine, ms, round, status_kib, total};
 
 use akeyless_csi_provider::emulator::{self, EmulatorHandle, Seed};
 use akeyless_csi_provider::mount_cli;
@@ -52,10 +56,7 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_LIMIT: Duration = Duration::from_secs(20);
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: then there is nothing
-    // to check here, and a debug-build benchmark would only be slow and misleading.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        eprintln!("mount benchmark: run it with `cargo bench --bench mount`; skipped");
+    if !common::bench_mode("mount") {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,15 +100,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        fn var(name: &str, default: u64) -> u64 {
-            match std::env::var(name) {
-                Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-                    eprintln!("{name}={text:?} is not a number; using {default}");
-                    default
-                }),
-                Err(_) => default,
-            }
-        }
+        let var = env_u64;
         let count = |name, default| var(name, default).max(1) as usize;
         Self {
             rtt_ms: var("MOUNT_BENCH_RTT_MS", 20),
@@ -239,64 +232,20 @@ async fn timed_mount(
 /// a kept-alive connection pool, which the Go provider (a new SDK client per mount) does not
 /// have: the baseline is, if anything, flattered.
 struct GoPattern {
-    http: reqwest::Client,
-    base: String,
+    akeyless: Akeyless,
 }
 
 impl GoPattern {
     async fn mount(&self, identity: usize, n: usize) -> Result<Duration, String> {
         let started = Instant::now();
-        let login = self
-            .post(
-                "auth",
-                json!({
-                    "access-type": "access_key",
-                    "access-id": access_id(identity),
-                    "access-key": access_key(identity),
-                }),
-            )
+        let token = self
+            .akeyless
+            .login(&access_id(identity), &access_key(identity))
             .await?;
-        let token = login["token"]
-            .as_str()
-            .ok_or("/auth answered no token")?
-            .to_owned();
         for i in 0..n {
-            let name = item(i);
-            let described = self
-                .post("describe-item", json!({ "name": name, "token": token }))
-                .await?;
-            if described["item_type"] != "STATIC_SECRET" {
-                return Err(format!("{name} is not a static secret"));
-            }
-            let value = self
-                .post(
-                    "get-secret-value",
-                    json!({ "names": [name], "token": token }),
-                )
-                .await?;
-            if value.get(&name).is_none() {
-                return Err(format!("no value for {name}"));
-            }
+            self.akeyless.describe_and_read(&token, &item(i)).await?;
         }
         Ok(started.elapsed())
-    }
-
-    async fn post(&self, command: &str, body: Value) -> Result<Value, String> {
-        let response = self
-            .http
-            .post(format!("{}/{command}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("/{command}: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("/{command}: HTTP {status}"));
-        }
-        response
-            .json()
-            .await
-            .map_err(|e| format!("/{command}: {e}"))
     }
 }
 
@@ -378,17 +327,7 @@ impl Provider {
 
     /// User plus system CPU time so far, all threads (exited ones included).
     fn cpu(&self, tick: Duration) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the parenthesised command name: state is the first; utime and stime
-        // are fields 14 and 15 of the line, so the 12th and 13th after the name.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<u64> = after
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-        tick * u32::try_from(ticks).unwrap_or(u32::MAX)
+        common::cpu_time(self.pid(), tick)
     }
 
     /// SIGTERM, then waits (at most 30 s) for the exit.
@@ -413,61 +352,6 @@ impl Drop for Provider {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-/// The length of a clock tick (`getconf CLK_TCK`, usually 10 ms).
-fn clock_tick() -> Duration {
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .filter(|hz| *hz > 0)
-        .unwrap_or(100);
-    Duration::from_nanos(1_000_000_000 / hz)
-}
-
-/// Samples the provider's VmRSS every 2 ms until dropped; `peak` is the largest seen (KiB).
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut peak = 0;
-            // Bounded: at most ten minutes of samples.
-            for _ in 0..300_000 {
-                peak = peak.max(status_kib(pid, "VmRSS"));
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            peak
-        });
-        Self { stop, task }
-    }
-
-    async fn peak(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or(0)
     }
 }
 
@@ -529,25 +413,9 @@ impl Samples {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn round(x: f64) -> Value {
-    if x.is_finite() {
-        json!((x * 1000.0).round() / 1000.0)
-    } else {
-        Value::Null
-    }
-}
-
 /// Backend calls since the last reset, by endpoint.
 fn calls(akeyless: &EmulatorHandle) -> BTreeMap<String, u64> {
     akeyless.stats().calls
-}
-
-fn total(calls: &BTreeMap<String, u64>) -> u64 {
-    calls.values().sum()
 }
 
 fn per_mount(calls: &BTreeMap<String, u64>, mounts: usize) -> BTreeMap<String, f64> {
@@ -667,34 +535,6 @@ impl Report {
     }
 }
 
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let git = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .unwrap_or_default();
-    json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu_model": cpu,
-        "kernel": kernel.trim(),
-        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        "git": git.trim(),
-        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    })
-}
-
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env();
     let tick = clock_tick();
@@ -707,28 +547,16 @@ async fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let url = akeyless.url();
     let go = GoPattern {
-        http: reqwest::Client::builder()
-            .build()
-            .map_err(|e| e.to_string())?,
-        base: url.clone(),
+        akeyless: Akeyless::new(&url)?,
     };
     let mut report = Report {
         json: serde_json::Map::new(),
         problems: Vec::new(),
     };
     let machine = machine();
-    report.line(format!(
-        "akeyless-csi-provider mount benchmark — {} CPU(s) {}, Linux {}, {} ({})",
-        machine["cpus"],
-        machine["cpu_model"].as_str().unwrap_or(""),
-        machine["kernel"].as_str().unwrap_or(""),
-        machine["date"].as_str().unwrap_or(""),
-        machine["git"].as_str().unwrap_or(""),
-    ));
-    report.line(format!(
-        "load average before the run: {} (anything well above 0 means other processes share the CPUs)",
-        machine["loadavg_at_start"].as_str().unwrap_or("?")
-    ));
+    for line in common::machine_lines("mount", &machine) {
+        report.line(line);
+    }
     report.line(format!(
         "provider: {} serve (release, info logs as JSON to a file); Akeyless: the emulator, \
          delay injected before every API response; client: tonic over the unix socket",
@@ -985,8 +813,7 @@ async fn run() -> Result<(), String> {
             }
             _ => {
                 let go = Arc::new(GoPattern {
-                    http: go.http.clone(),
-                    base: go.base.clone(),
+                    akeyless: go.akeyless.clone(),
                 });
                 storm(pods, move |_| {
                     let go = go.clone();
@@ -1096,8 +923,7 @@ async fn run() -> Result<(), String> {
     akeyless.reset_stats();
     let base = {
         let go = Arc::new(GoPattern {
-            http: go.http.clone(),
-            base: go.base.clone(),
+            akeyless: go.akeyless.clone(),
         });
         let own = own.clone();
         saturate(clients, duration, move |client, _| {
@@ -1155,7 +981,7 @@ async fn run() -> Result<(), String> {
         .max(rss_storm_peak)
         .max(rss_throughput_peak);
     let threads = provider.status_kib("Threads");
-    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mib = common::mib;
     report.line("");
     report.line("5. Resources of the provider process");
     report.line(format!(
@@ -1281,15 +1107,7 @@ async fn run() -> Result<(), String> {
         .json
         .insert("problems".into(), json!(report.problems));
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target_dir.join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let path = out.join("mount.json");
-    let text =
-        serde_json::to_string_pretty(&Value::Object(report.json)).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = common::write_json("mount", Value::Object(report.json))?;
     println!("\nJSON: {}", path.display());
     akeyless.shutdown().await;
     Ok(())

@@ -290,11 +290,12 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
                 ))
             })?,
     };
-    if !due(&object, &spec, &target, current.as_ref()) {
+    let last = last_sync(&ctx, &key, &object);
+    if !due(&object, &last, &spec, &target, current.as_ref()) {
         ctx.metrics
             .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Skipped);
         ctx.succeeded(&key);
-        return Ok(next_action(&object, &spec));
+        return Ok(next_action(&last, &spec));
     }
     match refresh(&ctx, &es, &target, &access).await {
         Ok((outcome, gone)) => {
@@ -347,7 +348,7 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
                 Outcome::Deleted => WriteOutcome::Deleted,
                 _ => WriteOutcome::Unchanged,
             });
-            finish(
+            let written = finish(
                 &ctx,
                 &es,
                 Report {
@@ -362,7 +363,11 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, 
             ctx.metrics
                 .reconciled(ReconcileKind::ExternalSecret, ReconcileOutcome::Synced);
             ctx.succeeded(&key);
-            Ok(next_action(&object, &spec))
+            let last = match written {
+                Some(at) => remember(&ctx, key, &object, at),
+                None => last,
+            };
+            Ok(next_action(&last, &spec))
         }
         Err(failure) => {
             ctx.metrics.secret_written(WriteOutcome::Failed);
@@ -702,23 +707,97 @@ fn fetch_failure(access: &StoreAccess, error: FetchError) -> Failure {
     Failure::new(format!("{}: {message}", access.store))
 }
 
+/// An ExternalSecret's last refresh: ESO's `status.syncedResourceVersion` and
+/// `status.refreshTime`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct LastSync {
+    /// The ExternalSecret's uid: an object deleted and created again starts afresh.
+    uid: String,
+    version: String,
+    at: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+impl LastSync {
+    /// As the object's status records it.
+    fn of(object: &DynamicObject) -> Self {
+        let status = object.data.get("status");
+        let text = |field: &str| {
+            status
+                .and_then(|s| s.get(field))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        Self {
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            version: text("syncedResourceVersion").to_owned(),
+            at: chrono::DateTime::parse_from_rfc3339(text("refreshTime")).ok(),
+        }
+    }
+
+    /// Whether this refresh, written by this process, is newer than what the object's status
+    /// (`recorded`) shows: the object predates the write.
+    fn predates(&self, recorded: &LastSync) -> bool {
+        self.uid == recorded.uid && self != recorded && self.at >= recorded.at
+    }
+}
+
+/// Refreshes remembered at most this long for a watch to bring their status.
+const REMEMBERED: Duration = Duration::from_secs(600);
+
+/// The last refresh of the ExternalSecret: as its status records it, or as this process wrote
+/// it when the object at hand predates that write. A reconcile started by a watch event of the
+/// refresh's own writes (its Secret's) can run before the status just written reaches the
+/// cache, and would refresh again: every Akeyless read, status write and Secret read twice.
+fn last_sync(ctx: &Ctx, key: &ObjectRef<DynamicObject>, object: &DynamicObject) -> LastSync {
+    let recorded = LastSync::of(object);
+    let mut written = super::lock(&ctx.written);
+    match written.get(key) {
+        Some(mine) if mine.predates(&recorded) => mine.clone(),
+        // The watch has brought it (or the object is another of the same name).
+        Some(_) => {
+            written.remove(key);
+            recorded
+        }
+        None => recorded,
+    }
+}
+
+/// Remembers the refresh just written (`refreshTime` `at`) until the watch brings it.
+fn remember(
+    ctx: &Ctx,
+    key: ObjectRef<DynamicObject>,
+    object: &DynamicObject,
+    at: chrono::DateTime<chrono::FixedOffset>,
+) -> LastSync {
+    let last = LastSync {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        version: resource_version(object),
+        at: Some(at),
+    };
+    let mut written = super::lock(&ctx.written);
+    if written.len() >= 10_000 {
+        // Those of ExternalSecrets deleted before their watch event came.
+        let now = chrono::Utc::now();
+        written.retain(|_, w| {
+            w.at.and_then(|at| now.signed_duration_since(at).to_std().ok())
+                .is_some_and(|age| age < REMEMBERED)
+        });
+    }
+    written.insert(key, last.clone());
+    last
+}
+
 /// Whether the ExternalSecret must be refreshed now (ESO's `shouldRefresh` and
-/// `isSecretValid`).
+/// `isSecretValid`), given its last refresh.
 fn due(
     object: &DynamicObject,
+    last: &LastSync,
     spec: &ExternalSecretSpec,
     target: &Target,
     secret: Option<&Secret>,
 ) -> bool {
-    let status = object.data.get("status");
-    let synced = status
-        .and_then(|s| s.get("syncedResourceVersion"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let refreshed = status
-        .and_then(|s| s.get("refreshTime"))
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let synced = last.version.as_str();
+    let refreshed = last.at;
     let current = resource_version(object);
     let changed = synced != current;
     let never = synced.is_empty() || refreshed.is_none();
@@ -766,16 +845,12 @@ fn resource_version(object: &DynamicObject) -> String {
     )
 }
 
-/// When to look again after a successful reconcile.
-fn next_action(object: &DynamicObject, spec: &ExternalSecretSpec) -> Action {
+/// When to look again after a successful reconcile, given the last refresh.
+fn next_action(last: &LastSync, spec: &ExternalSecretSpec) -> Action {
     match (spec.refresh_policy, spec.refresh_interval) {
         (RefreshPolicy::Periodic, Some(interval)) => {
-            let refreshed = object
-                .data
-                .pointer("/status/refreshTime")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            let left = refreshed
+            let left = last
+                .at
                 .and_then(|at| chrono::Utc::now().signed_duration_since(at).to_std().ok())
                 .map_or(interval, |elapsed| interval.saturating_sub(elapsed));
             // The status just written may not be in this object yet: never requeue at once.
@@ -785,13 +860,14 @@ fn next_action(object: &DynamicObject, spec: &ExternalSecretSpec) -> Action {
     }
 }
 
-/// Writes the status (when it changed) and, on failure, a Warning event.
+/// Writes the status (when it changed) and, on failure, a Warning event; returns the
+/// `refreshTime` written, if a refresh was.
 async fn finish(
     ctx: &Ctx,
     es: &Es<'_>,
     report: Report,
     warning: Option<&str>,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>, ReconcileError> {
     if let Some(message) = warning {
         publish(
             ctx,
@@ -815,7 +891,7 @@ async fn finish(
             && c.get("message") == Some(&json!(report.message))
     });
     if unchanged_condition && report.refreshed.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let transition = match &condition {
@@ -852,10 +928,12 @@ async fn finish(
     {
         Ok(_) => {
             ctx.metrics.status_writes.inc();
-            Ok(())
+            Ok(report
+                .refreshed
+                .and_then(|_| chrono::DateTime::parse_from_rfc3339(&now).ok()))
         }
         // Deleted meanwhile: nothing to report on.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(ReconcileError::Failed(format!(
             "{}: writing its status: {e}",
             es.label()
@@ -954,6 +1032,63 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_just_written_holds_until_the_status_shows_it() {
+        let at = |t: &str| Some(chrono::DateTime::parse_from_rfc3339(t).unwrap());
+        let sync = |uid: &str, version: &str, t: &str| LastSync {
+            uid: uid.into(),
+            version: version.into(),
+            at: at(t),
+        };
+        let mine = sync("u1", "1-a", "2026-01-01T00:01:00Z");
+        let never = LastSync {
+            uid: "u1".into(),
+            ..LastSync::default()
+        };
+        assert!(
+            mine.predates(&never),
+            "the first sync's status not seen yet"
+        );
+        assert!(
+            mine.predates(&sync("u1", "1-a", "2026-01-01T00:00:00Z")),
+            "the previous refresh's status"
+        );
+        assert!(
+            mine.predates(&sync("u1", "0-z", "2026-01-01T00:01:00Z")),
+            "an older version in the same second"
+        );
+        assert!(!mine.predates(&mine.clone()), "the watch brought it");
+        assert!(
+            !mine.predates(&sync("u1", "1-a", "2026-01-01T00:02:00Z")),
+            "a later refresh"
+        );
+        assert!(
+            !mine.predates(&sync("u2", "", "2026-01-01T00:00:00Z")),
+            "another object of the same name"
+        );
+        // A stale object with the remembered refresh is not due; without it, it would be.
+        let spec = ExternalSecretSpec {
+            store: StoreRef {
+                kind: StoreKind::SecretStore,
+                name: "s".into(),
+            },
+            refresh_policy: RefreshPolicy::Periodic,
+            refresh_interval: Some(Duration::from_secs(3600)),
+        };
+        let target =
+            mapping::external_secret("es", &json!({"target": {"creationPolicy": "Orphan"}}))
+                .unwrap();
+        let stale = es_object(Value::Null, 1);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let written = LastSync {
+            uid: String::new(),
+            version: resource_version(&stale),
+            at: at(&now),
+        };
+        assert!(due(&stale, &LastSync::of(&stale), &spec, &target, None));
+        assert!(!due(&stale, &written, &spec, &target, None));
+    }
+
+    #[test]
     fn refresh_is_due_as_eso_decides() {
         let spec = |policy, interval| ExternalSecretSpec {
             store: StoreRef {
@@ -972,19 +1107,38 @@ mod tests {
         let synced = es_object(json!({"syncedResourceVersion": rv, "refreshTime": now}), 1);
         let hour = Some(Duration::from_secs(3600));
         assert!(
-            due(&fresh, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            due(
+                &fresh,
+                &LastSync::of(&fresh),
+                &spec(RefreshPolicy::Periodic, hour),
+                &target,
+                None
+            ),
             "never synced"
         );
         assert!(
-            !due(&synced, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            !due(
+                &synced,
+                &LastSync::of(&synced),
+                &spec(RefreshPolicy::Periodic, hour),
+                &target,
+                None
+            ),
             "synced now"
         );
         assert!(
-            !due(&synced, &spec(RefreshPolicy::Periodic, None), &target, None),
+            !due(
+                &synced,
+                &LastSync::of(&synced),
+                &spec(RefreshPolicy::Periodic, None),
+                &target,
+                None
+            ),
             "0: once"
         );
         assert!(!due(
             &synced,
+            &LastSync::of(&synced),
             &spec(RefreshPolicy::CreatedOnce, hour),
             &target,
             None
@@ -993,6 +1147,7 @@ mod tests {
         assert!(
             due(
                 &changed,
+                &LastSync::of(&changed),
                 &spec(RefreshPolicy::OnChange, hour),
                 &target,
                 None
@@ -1001,6 +1156,7 @@ mod tests {
         );
         assert!(!due(
             &changed,
+            &LastSync::of(&changed),
             &spec(RefreshPolicy::CreatedOnce, hour),
             &target,
             None
@@ -1010,12 +1166,24 @@ mod tests {
             1,
         );
         assert!(
-            due(&old, &spec(RefreshPolicy::Periodic, hour), &target, None),
+            due(
+                &old,
+                &LastSync::of(&old),
+                &spec(RefreshPolicy::Periodic, hour),
+                &target,
+                None
+            ),
             "interval passed"
         );
         let owner = mapping::external_secret("es", &json!({})).unwrap();
         assert!(
-            due(&synced, &spec(RefreshPolicy::Periodic, hour), &owner, None),
+            due(
+                &synced,
+                &LastSync::of(&synced),
+                &spec(RefreshPolicy::Periodic, hour),
+                &owner,
+                None
+            ),
             "Owner Secret missing"
         );
     }

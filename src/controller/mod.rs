@@ -109,6 +109,8 @@ pub struct Ctx {
     pub secrets: Store<Secret>,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// ExternalSecrets' refreshes this process wrote, until the watch brings their status.
+    written: Mutex<HashMap<ObjectRef<DynamicObject>, external_secret::LastSync>>,
 }
 
 impl Ctx {
@@ -224,6 +226,7 @@ pub async fn run(
         fetcher,
         metrics: metrics.clone(),
         failures: Mutex::default(),
+        written: Mutex::default(),
     });
     // A shutdown stops the controllers gracefully (in-flight reconciles finish, then the Lease
     // is released); a lost Lease drops them at once, in-flight reconciles included.

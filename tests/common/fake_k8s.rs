@@ -691,6 +691,8 @@ struct ProxyFaults {
     refused: BTreeMap<(String, String), u16>,
     /// Faults served, by (verb, resource, status).
     served: BTreeMap<(String, String, u16), usize>,
+    /// resource → how long each chunk (event) of a watch on it is held before it is passed on.
+    watch_delays: BTreeMap<String, std::time::Duration>,
 }
 
 struct ProxyState {
@@ -751,11 +753,21 @@ impl FaultProxy {
             .insert((verb.to_owned(), resource.to_owned()), status);
     }
 
+    /// Watches on `resource` started from now on pass each event on `delay` after it came
+    /// (later ones queue behind it): a controller then sees its own writes late, as under a
+    /// loaded API server.
+    pub fn delay_watch_events(&self, resource: &str, delay: std::time::Duration) {
+        self.faults()
+            .watch_delays
+            .insert(resource.to_owned(), delay);
+    }
+
     /// Removes every fault still pending.
     pub fn heal(&self) {
         let mut faults = self.faults();
         faults.conflicts.clear();
         faults.refused.clear();
+        faults.watch_delays.clear();
     }
 
     /// Ends every watch in flight, mid-stream.
@@ -815,7 +827,7 @@ async fn proxy(State(state): State<Arc<ProxyState>>, request: axum::extract::Req
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let (verb, resource) = classify(&parts.method, &path, query.as_deref());
-    {
+    let delay = {
         let mut faults = state.faults.lock().unwrap_or_else(|p| p.into_inner());
         let key = (verb.clone(), resource.clone());
         let fault = if let Some(n) = faults.conflicts.get_mut(&key).filter(|n| **n > 0) {
@@ -850,7 +862,10 @@ async fn proxy(State(state): State<Arc<ProxyState>>, request: axum::extract::Req
             };
             return status(code, reason, &message);
         }
-    }
+        (verb == "watch")
+            .then(|| faults.watch_delays.get(&resource).copied())
+            .flatten()
+    };
     let url = match &query {
         Some(q) => format!("{}{path}?{q}", state.upstream),
         None => format!("{}{path}", state.upstream),
@@ -887,11 +902,16 @@ async fn proxy(State(state): State<Arc<ProxyState>>, request: axum::extract::Req
     // The body is streamed (watches never end by themselves); a drop ends it with an error,
     // which cuts the connection mid-stream.
     let drops = state.drops.subscribe();
-    let stream = futures::stream::unfold(Some((response, drops)), |held| async move {
+    let stream = futures::stream::unfold(Some((response, drops)), move |held| async move {
         let (mut response, mut drops) = held?;
         tokio::select! {
             chunk = response.chunk() => match chunk {
-                Ok(Some(bytes)) => Some((Ok(bytes), Some((response, drops)))),
+                Ok(Some(bytes)) => {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((Ok(bytes), Some((response, drops))))
+                }
                 Ok(None) => None,
                 Err(e) => Some((Err(std::io::Error::other(e)), None)),
             },
